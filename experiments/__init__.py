@@ -1,0 +1,1 @@
+"""Experiment entry points (thin absl wrappers around vqjax.trainer) and their configs."""

@@ -1,0 +1,1 @@
+"""One config file per experiment, each exporting get_config(arg=None)."""

@@ -1,0 +1,331 @@
+"""Input pipelines: TFDS datasets, folders of images, and an embedded offline dataset.
+
+`make_dataset(cfg, split)` is the one entry point for every source. It yields host-local
+numpy batches `{'image': float32 [b, H, W, C] in [-1, 1], 'label': int32 [b]}` where
+b = global batch / process count; evaluation batches also carry `mask` (1 for real
+examples, 0 for padding) so that every process sees the same number of static-shape batches.
+
+Training order is a pure function of (seed, step): records are shuffled with a fixed seed,
+augmentations use stateless ops keyed by the record's position in the stream, and a run
+resumed at step k skips k batches of *undecoded* records, so it sees the same images as an
+uninterrupted run at little cost.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import Iterator, Optional
+
+import numpy as np
+import tensorflow as tf
+
+# tf.data only feeds the host; it must not take accelerator memory from JAX.
+tf.config.set_visible_devices([], "GPU")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+# Photographs shipped inside scikit-image (no download). Crops come from the left 80% of each
+# photograph for training and from the right 20% for evaluation, so evaluation pixels are
+# never seen in training.
+EMBEDDED_PHOTOS = (
+    "astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry",
+    "hubble_deep_field", "retina", "motorcycle",
+)
+EMBEDDED_TRAIN_FRACTION = 0.8
+EMBEDDED_NUM_EXAMPLES = {"train": 20000, "test": 2000}
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be found or read."""
+
+
+# ----------------------------------------------------------------------------------------
+# Sources: each returns (tf.data.Dataset of {'image': ..., 'label': ...} records in a fixed
+# order, number of records, decode function record['image'] -> uint8 [h, w, c]).
+
+
+def _decode_encoded(channels: int):
+    def decode(encoded):
+        image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
+        image.set_shape([None, None, channels])
+        return image
+
+    return decode
+
+
+def _decode_raw(channels: int):
+    def decode(image):
+        if image.shape[-1] == channels:
+            return image
+        if channels == 1:
+            return tf.image.rgb_to_grayscale(image)
+        return tf.image.grayscale_to_rgb(image)
+
+    return decode
+
+
+def _load_photo(name: str) -> np.ndarray:
+    from skimage import data as skdata
+
+    if name == "motorcycle":
+        return skdata.stereo_motorcycle()[0]
+    return getattr(skdata, name)()
+
+
+@functools.lru_cache(maxsize=None)
+def embedded_images(split: str, image_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic `image_size` crops of scikit-image's photographs at half resolution.
+
+    Returns uint8 images `[N, S, S, 3]` and the index of the source photograph as label.
+    """
+    try:
+        from PIL import Image
+    except ImportError as err:  # pragma: no cover - pillow comes with scikit-image
+        raise DatasetError("The embedded dataset needs pillow; run `pip install pillow`.") from err
+    if split not in EMBEDDED_NUM_EXAMPLES:
+        raise DatasetError(
+            f"The embedded dataset has splits {sorted(EMBEDDED_NUM_EXAMPLES)}, not {split!r}."
+        )
+    try:
+        photos = [_load_photo(name) for name in EMBEDDED_PHOTOS]
+    except Exception as err:
+        raise DatasetError(
+            "The embedded dataset reads the sample photographs that ship with scikit-image, "
+            f"and loading them failed ({err}); run `pip install scikit-image`."
+        ) from err
+    rng = np.random.default_rng(0 if split == "train" else 1)
+    count = EMBEDDED_NUM_EXAMPLES[split]
+    images = np.empty((count, image_size, image_size, 3), np.uint8)
+    labels = rng.integers(0, len(photos), size=count).astype(np.int32)
+    for label, photo in enumerate(photos):
+        photo = np.asarray(Image.fromarray(photo[..., :3]).reduce(2))
+        height, width = photo.shape[:2]
+        split_col = int(width * EMBEDDED_TRAIN_FRACTION)
+        lo, hi = (0, split_col) if split == "train" else (split_col, width)
+        if hi - lo < image_size or height < image_size:
+            raise DatasetError(f"Photograph {EMBEDDED_PHOTOS[label]} is too small for {image_size}px crops.")
+        for i in np.flatnonzero(labels == label):
+            top = rng.integers(0, height - image_size + 1)
+            left = rng.integers(lo, hi - image_size + 1)
+            images[i] = photo[top : top + image_size, left : left + image_size]
+    return images, labels
+
+
+def _embedded_source(cfg, split):
+    images, labels = embedded_images(split, cfg.image_size)
+    ds = tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
+    return ds, len(images), _decode_raw(cfg.channels)
+
+
+@functools.lru_cache(maxsize=None)
+def list_image_folder(path: str, split: str) -> tuple[tuple[str, ...], tuple[int, ...], tuple[str, ...]]:
+    """Image files under `path/split`, sorted, labelled by class sub-folder (ImageFolder layout)."""
+    root = os.path.join(path, split)
+    if not os.path.isdir(root):
+        raise DatasetError(
+            f"No folder {root!r}: an image-folder dataset needs {path}/{split}/ holding images "
+            f"(or one sub-folder of images per class); set config.data.path to its parent."
+        )
+    entries = sorted(os.listdir(root))
+    class_names = tuple(e for e in entries if os.path.isdir(os.path.join(root, e)))
+    files, labels = [], []
+    if class_names:
+        for label, name in enumerate(class_names):
+            for dirpath, _, filenames in sorted(os.walk(os.path.join(root, name))):
+                for filename in sorted(filenames):
+                    if filename.lower().endswith(IMAGE_EXTENSIONS):
+                        files.append(os.path.join(dirpath, filename))
+                        labels.append(label)
+    else:
+        files = [os.path.join(root, e) for e in entries if e.lower().endswith(IMAGE_EXTENSIONS)]
+        labels = [0] * len(files)
+    if not files:
+        raise DatasetError(
+            f"Found no images ({', '.join(IMAGE_EXTENSIONS)}) under {root!r}; put the {split} "
+            "images there, directly or in one sub-folder per class."
+        )
+    return tuple(files), tuple(labels), class_names
+
+
+def _folder_source(cfg, split):
+    if not cfg.path:
+        raise DatasetError("config.data.source='folder' needs config.data.path, the folder holding train/ and test/.")
+    files, labels, _ = list_image_folder(os.path.expanduser(cfg.path), split)
+    ds = tf.data.Dataset.from_tensor_slices({"image": list(files), "label": list(labels)})
+    decode_bytes = _decode_encoded(cfg.channels)
+    return ds, len(files), lambda filename: decode_bytes(tf.io.read_file(filename))
+
+
+def _tfds_source(cfg, split):
+    import tensorflow_datasets as tfds
+
+    data_dir = cfg.data_dir or None
+    try:
+        builder = tfds.builder(cfg.name, data_dir=data_dir)
+    except Exception as err:
+        raise DatasetError(f"TFDS has no dataset named {cfg.name!r} ({err}); check config.data.name.") from err
+    if not tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json")):
+        raise DatasetError(
+            f"TFDS dataset {cfg.name!r} is not prepared in {builder.data_dir}; prepare it once "
+            f"with `tfds build {cfg.name}` (or `python -c \"import tensorflow_datasets as tfds; "
+            f"tfds.builder('{cfg.name}').download_and_prepare()\"`) on a machine with internet, "
+            "and point config.data.data_dir at it."
+        )
+    if split not in builder.info.splits:
+        raise DatasetError(
+            f"TFDS dataset {cfg.name!r} has splits {sorted(builder.info.splits)}, not {split!r}; "
+            "set config.data.train_split / config.data.eval_split."
+        )
+    ds = builder.as_dataset(
+        split=split,
+        shuffle_files=False,
+        decoders={"image": tfds.decode.SkipDecoding()},
+        read_config=tfds.ReadConfig(shuffle_seed=0, interleave_cycle_length=1),
+    )
+    has_label = "label" in builder.info.features
+    ds = ds.map(lambda r: {"image": r["image"], "label": tf.cast(r["label"], tf.int32) if has_label else 0})
+    return ds, builder.info.splits[split].num_examples, _decode_encoded(cfg.channels)
+
+
+SOURCES = {"embedded": _embedded_source, "folder": _folder_source, "tfds": _tfds_source}
+
+
+def _source(cfg, split):
+    if cfg.source not in SOURCES:
+        raise DatasetError(
+            f"config.data.source is {cfg.source!r}; it must be one of {sorted(SOURCES)}."
+        )
+    return SOURCES[cfg.source](cfg, split)
+
+
+def num_examples(cfg, split: str) -> int:
+    """Number of examples in `split` (all processes together)."""
+    return _source(cfg, split)[1]
+
+
+# ----------------------------------------------------------------------------------------
+# Preprocessing.
+
+
+def _resize_and_crop(image, size: int, crop: str, seed=None):
+    """Resize (shorter side to `size` for crops), then crop to `size` x `size`."""
+    if crop == "resize":
+        return tf.image.resize(image, (size, size), antialias=True)
+    shape = tf.shape(image)
+    height, width = shape[0], shape[1]
+    scale = size / tf.cast(tf.minimum(height, width), tf.float32)
+    new_h = tf.maximum(size, tf.cast(tf.round(tf.cast(height, tf.float32) * scale), tf.int32))
+    new_w = tf.maximum(size, tf.cast(tf.round(tf.cast(width, tf.float32) * scale), tf.int32))
+    image = tf.cond(
+        tf.logical_and(tf.equal(new_h, height), tf.equal(new_w, width)),
+        lambda: tf.cast(image, tf.float32),
+        lambda: tf.image.resize(image, (new_h, new_w), antialias=True),
+    )
+    if crop == "random" and seed is not None:
+        return tf.image.stateless_random_crop(image, (size, size, image.shape[-1]), seed=seed)
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return image[top : top + size, left : left + size]
+
+
+def _preprocess(cfg, decode, train: bool, seed: int):
+    if cfg.crop not in ("resize", "center", "random"):
+        raise DatasetError(f"config.data.crop is {cfg.crop!r}; use 'resize', 'center' or 'random'.")
+
+    def fn(index, record):
+        image = decode(record["image"])
+        element_seed = tf.stack([tf.cast(seed, tf.int64), index])
+        crop_seed, flip_seed = tf.unstack(
+            tf.random.experimental.stateless_split(element_seed, num=2)
+        )
+        crop = cfg.crop if train else ("center" if cfg.crop == "random" else cfg.crop)
+        image = _resize_and_crop(image, cfg.image_size, crop, crop_seed)
+        if train and cfg.random_flip:
+            image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+        image = tf.cast(image, tf.float32) / 127.5 - 1.0
+        image = tf.clip_by_value(image, -1.0, 1.0)
+        image.set_shape([cfg.image_size, cfg.image_size, cfg.channels])
+        return {"image": image, "label": tf.cast(record["label"], tf.int32)}
+
+    return fn
+
+
+def _local_batch_size(batch_size: int, process_count: int) -> int:
+    if batch_size % process_count:
+        raise DatasetError(
+            f"The global batch size {batch_size} is not divisible by the {process_count} "
+            "processes; choose a multiple."
+        )
+    return batch_size // process_count
+
+
+def _numpy_batches(ds, description: str) -> Iterator[dict]:
+    try:
+        for batch in ds.as_numpy_iterator():
+            yield batch
+    except tf.errors.InvalidArgumentError as err:
+        raise DatasetError(
+            f"An image of {description} could not be decoded ({err.message.splitlines()[0]}); "
+            "remove or re-encode the unreadable file."
+        ) from None
+
+
+def make_dataset(
+    cfg,
+    split: str,
+    batch_size: Optional[int] = None,
+    *,
+    train: Optional[bool] = None,
+    start_step: int = 0,
+    process_index: Optional[int] = None,
+    process_count: Optional[int] = None,
+) -> Iterator[dict]:
+    """Host-local numpy batches of `split` for `cfg` (a `config.data` section).
+
+    `batch_size` is the global batch (default `cfg.batch_size`). With `train=True` (the default
+    for the train split) the stream is infinite, shuffled and augmented, and starts at
+    `start_step` batches. Otherwise it is one deterministic pass, padded to whole batches with
+    `mask` 0 and of the same length on every process.
+    """
+    import jax  # only for the process layout; keeps this module usable without devices
+
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    batch_size = batch_size or cfg.batch_size
+    local_batch = _local_batch_size(batch_size, process_count)
+    train = (split == cfg.train_split) if train is None else train
+    seed = int(cfg.seed)
+    ds, count, decode = _source(cfg, split)
+    description = f"{cfg.source} dataset {cfg.name or cfg.path or ''} (split {split!r})".replace("  ", " ")
+
+    ds = ds.shard(process_count, process_index)
+    options = tf.data.Options()
+    options.deterministic = True
+    options.threading.private_threadpool_size = max(1, int(cfg.get("num_threads", 0)) or os.cpu_count() or 1)
+    if train:
+        buffer = min(int(cfg.shuffle_buffer), math.ceil(count / process_count))
+        ds = ds.shuffle(buffer, seed=seed + process_index, reshuffle_each_iteration=True).repeat()
+        ds = ds.enumerate().skip(start_step * local_batch)
+        ds = ds.map(_preprocess(cfg, decode, True, seed), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.batch(local_batch, drop_remainder=True).prefetch(2).with_options(options)
+        return _numpy_batches(ds, description)
+
+    ds = ds.enumerate().map(_preprocess(cfg, decode, False, seed), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(local_batch).prefetch(2).with_options(options)
+    num_batches = math.ceil(math.ceil(count / process_count) / local_batch)
+    return _padded_batches(_numpy_batches(ds, description), num_batches, local_batch)
+
+
+def _padded_batches(batches: Iterator[dict], num_batches: int, local_batch: int) -> Iterator[dict]:
+    template = None
+    for _ in range(num_batches):
+        batch = next(batches, None)
+        if batch is None:
+            batch = {k: np.zeros_like(v[:0]) for k, v in template.items()}
+        template = batch
+        valid = len(batch["label"])
+        pad = local_batch - valid
+        batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
+        batch["mask"] = (np.arange(local_batch) < valid).astype(np.float32)
+        yield batch

@@ -1,0 +1,33 @@
+"""Pure loss functions. Each returns per-example values; steps.py reduces them."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def _per_example_mean(x: jax.Array) -> jax.Array:
+    return jnp.mean(jnp.reshape(x, (x.shape[0], -1)), axis=-1)
+
+
+def l2_reconstruction(reconstruction: jax.Array, target: jax.Array) -> jax.Array:
+    """Mean squared error per example."""
+    diff = reconstruction.astype(jnp.float32) - target.astype(jnp.float32)
+    return _per_example_mean(jnp.square(diff))
+
+
+def l1_reconstruction(reconstruction: jax.Array, target: jax.Array) -> jax.Array:
+    """Mean absolute error per example."""
+    diff = reconstruction.astype(jnp.float32) - target.astype(jnp.float32)
+    return _per_example_mean(jnp.abs(diff))
+
+
+RECONSTRUCTION_LOSSES = {"l2": l2_reconstruction, "l1": l1_reconstruction}
+
+
+def reconstruction_loss(name: str):
+    if name not in RECONSTRUCTION_LOSSES:
+        raise ValueError(
+            f"config.loss.reconstruction is {name!r}; choose one of {sorted(RECONSTRUCTION_LOSSES)}."
+        )
+    return RECONSTRUCTION_LOSSES[name]

@@ -1,0 +1,1 @@
+"""Flax linen networks: modules only, no training logic and no config objects."""

@@ -1,0 +1,52 @@
+"""Mesh and sharding helpers: data parallelism as `jax.jit` over a one-axis device mesh.
+
+Parameters and optimizer state are replicated (`P()`), batches are split on `P('data')`.
+Host-local numpy batches become global `jax.Array`s, so a `jnp.sum` over the batch inside a
+jitted step is a sum over every device and host, with no explicit collectives.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def initialize_distributed() -> None:
+    """Multi-host start-up (TPU pods, multi-node GPU); call before any other JAX call."""
+    jax.distributed.initialize()
+
+
+def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> jax.sharding.Mesh:
+    """A one-axis `('data',)` mesh over `devices` (default: all devices of all hosts)."""
+    devices = list(jax.devices() if devices is None else devices)
+    return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices)
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def check_batch_size(batch_size: int, mesh: jax.sharding.Mesh, what: str = "config.data.batch_size") -> None:
+    num_devices = mesh.devices.size
+    if batch_size % num_devices:
+        raise ValueError(
+            f"{what} is {batch_size}, which does not split evenly over {num_devices} devices; "
+            f"use a multiple of {num_devices}."
+        )
+
+
+def to_global(batch: Any, mesh: jax.sharding.Mesh) -> Any:
+    """Host-local numpy batch -> global arrays sharded on the batch axis."""
+    sharding = batch_sharding(mesh)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch
+    )

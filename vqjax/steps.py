@@ -1,0 +1,165 @@
+"""Pure train and eval steps for the VQ-VAE family.
+
+`train_step(state, batch) -> (state, metrics)`: one gradient step of the encoder/decoder
+(and of the codebook when it is learned by loss), then, outside `jax.grad`, the EMA update of
+the codebook and the restart of dead codes. Metrics are a flat dict of float32 scalars.
+The functions close over the model, the optimizer and plain config values, so the trainer
+compiles each of them once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from vqjax import losses, metrics as metrics_lib, quantizers
+from vqjax.nets.vqvae import VQVAE
+from vqjax.state import TrainState, is_learned_codebook, trainable
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def build_model(model_cfg) -> VQVAE:
+    """The network named by `config.model` (its fields splatted into the constructor)."""
+    fields = dict(model_cfg)
+    name = fields.pop("name", "vqvae")
+    if name != "vqvae":
+        raise ValueError(f"config.model.name is {name!r}; this trainer knows 'vqvae'.")
+    dtype = fields.pop("dtype", "float32")
+    if dtype not in DTYPES:
+        raise ValueError(f"config.model.dtype is {dtype!r}; use one of {sorted(DTYPES)}.")
+    return VQVAE(dtype=DTYPES[dtype], **fields)
+
+
+def init_state(config, model: VQVAE, tx: optax.GradientTransformation, rng: jax.Array,
+               images: jax.Array) -> TrainState:
+    """A fresh TrainState; with `quantizer.init='kmeans++'` the codebook is fitted to the
+    encoder outputs of `images` (the first training batch)."""
+    qcfg = config.quantizer
+    net_rng, codebook_rng = jax.random.split(rng)
+    params = model.init(net_rng, images)["params"]
+    if qcfg.init == "uniform":
+        embedding = quantizers.uniform_codebook(codebook_rng, qcfg.num_codes, model.embed_dim)
+    elif qcfg.init == "kmeans++":
+        z = model.apply({"params": params}, images, method=VQVAE.encode)
+        embedding = quantizers.init_codebook_from_data(
+            z, qcfg.num_codes, codebook_rng, kmeans_iters=qcfg.kmeans_iters)
+    else:
+        raise ValueError(f"config.quantizer.init is {qcfg.init!r}; use 'uniform' or 'kmeans++'.")
+    codebook = quantizers.CodebookState.from_embedding(embedding, qcfg.initial_count)
+    learned = is_learned_codebook(qcfg)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        seed=jnp.asarray(config.seed, jnp.uint32),
+        params=params,
+        opt_state=tx.init(trainable(params, codebook, learned)),
+        codebook=codebook,
+    )
+
+
+def forward(model: VQVAE, params: Any, codebook: jax.Array, images: jax.Array):
+    """encode -> quantize (straight-through) -> decode."""
+    z = model.apply({"params": params}, images, method=VQVAE.encode)
+    quantized = quantizers.quantize(z, codebook)
+    reconstruction = model.apply({"params": params}, quantized.quantized, method=VQVAE.decode)
+    return reconstruction, z, quantized
+
+
+def make_train_step(config, model: VQVAE, tx: optax.GradientTransformation) -> Callable:
+    qcfg = config.quantizer
+    learned = is_learned_codebook(qcfg)
+    reconstruction_loss = losses.reconstruction_loss(config.loss.reconstruction)
+    beta = float(qcfg.beta)
+
+    def loss_fn(weights, codebook_state, images):
+        codebook = weights["codebook"] if learned else codebook_state.embedding
+        reconstruction, z, q = forward(model, weights["net"], codebook, images)
+        recon = jnp.mean(reconstruction_loss(reconstruction, images))
+        commitment = jnp.mean(q.commitment_loss)
+        codebook_loss = jnp.mean(q.codebook_loss)
+        loss = recon + beta * commitment + (codebook_loss if learned else 0.0)
+        return loss, (z, q.indices, recon, commitment, codebook_loss)
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        weights = trainable(state.params, state.codebook, learned)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, (z, indices, recon, commitment, codebook_loss)), grads = grad_fn(
+            weights, state.codebook, batch["image"])
+        updates, opt_state = tx.update(grads, state.opt_state, weights)
+        weights = optax.apply_updates(weights, updates)
+
+        codebook = state.codebook
+        if learned:
+            codebook = quantizers.track_usage(
+                codebook.replace(embedding=weights["codebook"]), indices, decay=qcfg.decay)
+        else:
+            codebook = quantizers.ema_update(
+                codebook, z, indices, decay=qcfg.decay, epsilon=qcfg.epsilon, debias=qcfg.debias)
+        num_restarted = jnp.zeros((), jnp.int32)
+        if qcfg.dead_code_threshold > 0:
+            codebook, num_restarted = quantizers.restart_dead_codes(
+                codebook, z, jax.random.fold_in(state.step_rng(), 1),
+                threshold=qcfg.dead_code_threshold, reset_count=qcfg.initial_count)
+        # A restart may also move a learned codebook: the optimizer reads it from `codebook`.
+
+        counts = quantizers.code_counts(indices, qcfg.num_codes)
+        metrics = {
+            "loss": loss,
+            "recon_loss": recon,
+            "commitment_loss": commitment,
+            "codebook_loss": codebook_loss,
+            "perplexity": quantizers.perplexity(counts),
+            "codes_used_recent": quantizers.recent_usage(codebook, qcfg.usage_window),
+            "codes_restarted": num_restarted.astype(jnp.float32),
+            "grad_norm": optax.global_norm(grads),
+        }
+        new_state = state.replace(step=state.step + 1, params=weights["net"],
+                                  opt_state=opt_state, codebook=codebook)
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(config, model: VQVAE) -> Callable:
+    """`eval_step(state, batch) -> sums`: masked sums over a batch, added up by the caller."""
+    num_codes = config.quantizer.num_codes
+
+    def eval_step(state: TrainState, batch: dict) -> dict:
+        images, mask = batch["image"], batch["mask"]
+        reconstruction, _, q = forward(model, state.params, state.codebook.embedding, images)
+        mse = losses.l2_reconstruction(reconstruction, images)
+        weights = jnp.broadcast_to(mask.reshape(mask.shape + (1,) * (q.indices.ndim - 1)),
+                                   q.indices.shape)
+        return {
+            "num_examples": jnp.sum(mask),
+            "recon_mse": jnp.sum(mse * mask),
+            "recon_psnr": jnp.sum(metrics_lib.psnr(reconstruction, images) * mask),
+            "code_counts": quantizers.code_counts(q.indices, num_codes, weights),
+        }
+
+    return eval_step
+
+
+def make_reconstruct(model: VQVAE) -> Callable:
+    """`reconstruct(state, images) -> (reconstructions, code indices)`."""
+
+    def reconstruct(state: TrainState, images: jax.Array):
+        reconstruction, _, q = forward(model, state.params, state.codebook.embedding, images)
+        return jnp.clip(reconstruction, -1.0, 1.0), q.indices
+
+    return reconstruct
+
+
+def summarize_eval(sums: dict) -> dict:
+    """Turns accumulated eval sums into the reported metrics."""
+    count = jnp.maximum(sums["num_examples"], 1.0)
+    return {
+        "recon_mse": float(sums["recon_mse"] / count),
+        "recon_psnr": float(sums["recon_psnr"] / count),
+        "codebook_usage": float(quantizers.usage_fraction(sums["code_counts"])),
+        "perplexity": float(quantizers.perplexity(sums["code_counts"])),
+        "num_eval_examples": int(sums["num_examples"]),
+    }

@@ -1,0 +1,326 @@
+"""The training loop: mesh, data, state, checkpoints, logging, evaluation and final outputs.
+
+`train_and_evaluate(config, workdir)` runs a whole experiment and returns its final metrics;
+it is the one loop every model family reuses. Outputs in `workdir`:
+  config.json            the resolved config
+  checkpoints/           Orbax checkpoints (async; the newest `train.keep_checkpoints` kept)
+  tensorboard/           TensorBoard scalars
+  metrics.json           final evaluation (written once training has finished)
+  reconstructions.png    originals (top row) above their reconstructions
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from vqjax import data as data_lib
+from vqjax import parallel, state as state_lib, steps
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss or gradient."""
+
+
+# ----------------------------------------------------------------------------------------
+# Checkpoints.
+
+
+def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=ocp.checkpoint_managers.LatestN(keep),
+        enable_async_checkpointing=True,
+        create=True,
+    )
+    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+
+
+def abstract_like(tree: Any, sharding) -> Any:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:
+    """Restores checkpoint `step` into `abstract_state`; a mismatch becomes one clear sentence."""
+    try:
+        return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"The checkpoint at step {step} in {manager.directory} does not match this config "
+            f"({str(err).splitlines()[0][:300]}); resume with the config it was written with, "
+            "or start in a new --workdir."
+        ) from err
+
+
+def load_params_from(path: str, abstract_state: Any) -> Any:
+    """`config.init_from`: the params and codebook of another run's latest checkpoint."""
+    manager = ocp.CheckpointManager(os.path.join(os.path.abspath(path), "checkpoints"),
+                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    step = manager.latest_step()
+    if step is None:
+        raise ValueError(f"config.init_from is {path!r} but it holds no checkpoints/; point it at a workdir of a finished run.")
+    restored = restore_state(manager, step, abstract_state)
+    manager.close()
+    return restored
+
+
+# ----------------------------------------------------------------------------------------
+# Evaluation and outputs.
+
+
+def evaluate(eval_step, state, config, mesh) -> dict:
+    """One pass over the eval split: reconstruction error, PSNR and codebook usage."""
+    batches = data_lib.make_dataset(config.data, config.data.eval_split,
+                                    config.data.eval_batch_size, train=False)
+    sums = None
+    for i, batch in enumerate(batches):
+        if 0 <= config.evals.num_eval_batches <= i:
+            break
+        out = eval_step(state, parallel.to_global(batch, mesh))
+        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+    return steps.summarize_eval(jax.device_get(sums))
+
+
+def image_grid(rows: list[np.ndarray], min_tile: int = 64) -> np.ndarray:
+    """Rows of images in [-1, 1] -> one uint8 grid, upscaled so small images stay visible."""
+    rows = [np.clip((np.asarray(r, np.float32) + 1.0) * 127.5, 0, 255).round().astype(np.uint8) for r in rows]
+    scale = max(1, math.ceil(min_tile / rows[0].shape[1]))
+    pad = 2
+    n, h, w, c = rows[0].shape
+    h, w = h * scale, w * scale
+    grid = np.full((len(rows) * (h + pad) + pad, n * (w + pad) + pad, c), 255, np.uint8)
+    for r, images in enumerate(rows):
+        for i, image in enumerate(images):
+            image = image.repeat(scale, 0).repeat(scale, 1)
+            top, left = pad + r * (h + pad), pad + i * (w + pad)
+            grid[top : top + h, left : left + w] = image
+    return grid[..., 0] if c == 1 else grid
+
+
+def save_png(path: str, array: np.ndarray) -> None:
+    from PIL import Image
+
+    tmp = path + ".tmp.png"
+    Image.fromarray(array).save(tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path: str, payload: Any) -> None:
+    """Written to a temporary file and renamed, so a crash never leaves half a file."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def save_reconstructions(reconstruct, state, config, mesh, path: str) -> None:
+    batch = next(data_lib.make_dataset(config.data, config.data.eval_split,
+                                       config.data.eval_batch_size, train=False))
+    reconstructions, _ = reconstruct(state, parallel.to_global(batch, mesh)["image"])
+    count = min(config.evals.num_recon_images, int(batch["mask"].sum()))
+    originals = batch["image"][:count]
+    reconstructions = np.asarray(jax.device_get(reconstructions))[:count]
+    save_png(path, image_grid([originals, reconstructions]))
+
+
+# ----------------------------------------------------------------------------------------
+# Logging.
+
+
+class _Logger:
+    """TensorBoard scalars (process 0) plus a progress bar or plain log lines."""
+
+    def __init__(self, workdir: str, num_steps: int, start_step: int):
+        self.is_main = jax.process_index() == 0
+        self.writer = None
+        self.bar = None
+        if self.is_main:
+            try:
+                from flax.metrics import tensorboard
+
+                self.writer = tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
+            except ImportError:  # pragma: no cover - tensorflow is a dependency
+                logging.warning("TensorBoard logging disabled: tensorflow is not installed.")
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=num_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                            mininterval=5.0)
+
+    def scalars(self, step: int, values: dict, prefix: str = "") -> None:
+        if self.writer is not None:
+            for name, value in values.items():
+                if np.ndim(value) == 0:
+                    self.writer.scalar(prefix + name, float(value), step)
+            self.writer.flush()
+
+    def progress(self, step: int, postfix: dict) -> None:
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+
+    def write(self, line: str) -> None:
+        if self.is_main:
+            (self.bar.write if self.bar is not None else print)(line)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def check_finite(step: int, metrics: dict, last_checkpoint: Optional[int]) -> None:
+    for name in ("loss", "grad_norm"):
+        value = float(metrics[name])
+        if not math.isfinite(value):
+            where = (f"the last good checkpoint is step {last_checkpoint}" if last_checkpoint
+                     else "no checkpoint was written yet")
+            raise NonFiniteLossError(
+                f"The training {name} became {value} at step {step} ({where}); lower "
+                "config.optim.learning_rate or set config.optim.grad_clip_norm, then run again "
+                "with the same --workdir to resume."
+            )
+
+
+# ----------------------------------------------------------------------------------------
+# The loop.
+
+
+def _validate(config) -> None:
+    train = config.train
+    for name in ("num_steps", "log_steps", "eval_steps", "ckpt_steps"):
+        if int(train[name]) <= 0:
+            raise ValueError(f"config.train.{name} is {train[name]}; it must be a positive number of steps.")
+    state_lib.is_learned_codebook(config.quantizer)
+    if config.quantizer.dead_code_threshold >= config.quantizer.initial_count and config.quantizer.dead_code_threshold > 0:
+        raise ValueError(
+            f"config.quantizer.dead_code_threshold ({config.quantizer.dead_code_threshold}) must be "
+            f"below config.quantizer.initial_count ({config.quantizer.initial_count}), the count a "
+            "fresh or restarted code starts with."
+        )
+
+
+def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
+    """Trains `config` in `workdir` (resuming if it holds checkpoints); returns final metrics."""
+    _validate(config)
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    is_main = jax.process_index() == 0
+    if is_main:
+        with open(os.path.join(workdir, "config.json.tmp"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+        os.replace(os.path.join(workdir, "config.json.tmp"), os.path.join(workdir, "config.json"))
+
+    # --- Mesh, model, optimizer, compiled steps.
+    mesh = parallel.make_mesh(devices)
+    parallel.check_batch_size(config.data.batch_size, mesh)
+    parallel.check_batch_size(config.data.eval_batch_size, mesh, "config.data.eval_batch_size")
+    replicated = parallel.replicated(mesh)
+    num_steps = int(config.train.num_steps)
+    model = steps.build_model(config.model)
+    tx = state_lib.make_optimizer(config.optim, num_steps)
+    train_step = jax.jit(steps.make_train_step(config, model, tx), donate_argnums=0,
+                         out_shardings=(replicated, replicated))
+    eval_step = jax.jit(steps.make_eval_step(config, model), out_shardings=replicated)
+    reconstruct = jax.jit(steps.make_reconstruct(model))
+
+    # --- State: the workdir's latest checkpoint, else config.init_from, else scratch.
+    manager = checkpoint_manager(workdir, config.train.keep_checkpoints)
+    first_batch = parallel.to_global(
+        next(data_lib.make_dataset(config.data, config.data.train_split, train=True)), mesh)
+    create = jax.jit(lambda rng, images: steps.init_state(config, model, tx, rng, images),
+                     out_shardings=replicated)
+    init_rng = jax.random.key(config.seed)
+    abstract_state = abstract_like(jax.eval_shape(create, init_rng, first_batch["image"]), replicated)
+    latest = manager.latest_step()
+    if latest is not None:
+        state = restore_state(manager, latest, abstract_state)
+        logging.info("Resumed from %s at step %d.", manager.directory, latest)
+    else:
+        state = create(init_rng, first_batch["image"])
+        if config.get("init_from"):
+            loaded = load_params_from(config.init_from, abstract_state)
+            state = state.replace(params=loaded.params, codebook=loaded.codebook)
+            logging.info("Initialised params and codebook from %s.", config.init_from)
+    start_step = int(state.step)
+    if is_main:
+        print(f"vqjax: {state_lib.count_params(state.params):,} parameters, "
+              f"{config.quantizer.num_codes} codes, {mesh.devices.size} devices, "
+              f"starting at step {start_step} of {num_steps}.", flush=True)
+
+    # --- SIGTERM (preemption): finish the current step, save, exit.
+    terminate = {"requested": False}
+    previous_handler = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda *_: terminate.update(requested=True))
+
+    logger = _Logger(workdir, num_steps, start_step)
+    last_checkpoint = latest
+    batches = data_lib.make_dataset(config.data, config.data.train_split, train=True,
+                                    start_step=start_step)
+    images_per_step = config.data.batch_size
+    timing = {"start": None, "images": 0}
+    last_log_time, last_log_step = time.perf_counter(), start_step
+    metrics = None
+    try:
+        for step in range(start_step + 1, num_steps + 1):
+            state, metrics = train_step(state, parallel.to_global(next(batches), mesh))
+            if timing["start"] is None:  # the first step compiles: throughput starts after it
+                jax.block_until_ready(metrics)
+                timing["start"] = time.perf_counter()
+            else:
+                timing["images"] += images_per_step
+
+            if step % config.train.log_steps == 0 or step == num_steps:
+                host_metrics = jax.device_get(metrics)
+                check_finite(step, host_metrics, last_checkpoint)
+                now = time.perf_counter()
+                host_metrics["images_per_sec"] = (step - last_log_step) * images_per_step / (now - last_log_time)
+                last_log_time, last_log_step = now, step
+                logger.scalars(step, host_metrics, "train/")
+                logger.progress(step, {
+                    "loss": host_metrics["loss"], "ppl": host_metrics["perplexity"],
+                    "used": host_metrics["codes_used_recent"], "img/s": host_metrics["images_per_sec"]})
+
+            if step % config.train.eval_steps == 0 and step != num_steps:
+                eval_metrics = evaluate(eval_step, state, config, mesh)
+                logger.scalars(step, eval_metrics, "eval/")
+                logger.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items()))
+
+            if step % config.train.ckpt_steps == 0 or step == num_steps or terminate["requested"]:
+                check_finite(step, jax.device_get(metrics), last_checkpoint)
+                manager.save(step, args=ocp.args.StandardSave(state))
+                last_checkpoint = step
+            if terminate["requested"]:
+                manager.wait_until_finished()
+                logger.write(f"SIGTERM: saved step {step} to {manager.directory}; run again to resume.")
+                return {"step": step, "preempted": True}
+        jax.block_until_ready(state)
+        train_seconds = time.perf_counter() - timing["start"] if timing["start"] else 0.0
+    finally:
+        manager.wait_until_finished()
+        signal.signal(signal.SIGTERM, previous_handler)
+        logger.close()
+
+    # --- Final evaluation and outputs.
+    final = evaluate(eval_step, state, config, mesh)
+    final["step"] = int(state.step)
+    # None when this invocation trained for fewer than two steps (nothing timed after compiling).
+    final["images_per_sec"] = timing["images"] / train_seconds if timing["images"] else None
+    if metrics is not None:
+        final["train_loss"] = float(jax.device_get(metrics["loss"]))
+    if is_main:
+        save_reconstructions(reconstruct, state, config, mesh, os.path.join(workdir, "reconstructions.png"))
+        write_json(os.path.join(workdir, "metrics.json"), final)
+        print("vqjax: final " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                          for k, v in sorted(final.items())), flush=True)
+    manager.close()
+    return final
