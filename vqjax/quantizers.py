@@ -70,6 +70,11 @@ def nearest_code(
     batch_shape = z.shape[:-1]
     flat = _flatten(jax.lax.stop_gradient(z)).astype(jnp.float32)
     codebook = jax.lax.stop_gradient(codebook).astype(jnp.float32)
+    # Distances do not change when both sides move by the same vector. Centring on the
+    # codebook's mean removes the large common norm that vectors and codes far from the
+    # origin share, which float32 would otherwise round away (wrong codes on near-ties).
+    center = jnp.mean(codebook, axis=0)
+    flat, codebook = flat - center, codebook - center
     num_vectors, num_codes = flat.shape[0], codebook.shape[0]
 
     block = max(1, min(num_codes, max_block_elements // max(num_vectors, 1)))

@@ -144,12 +144,9 @@ class _Logger:
         self.writer = None
         self.bar = None
         if self.is_main:
-            try:
-                from flax.metrics import tensorboard
+            from flax.metrics import tensorboard
 
-                self.writer = tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
-            except ImportError:  # pragma: no cover - tensorflow is a dependency
-                logging.warning("TensorBoard logging disabled: tensorflow is not installed.")
+            self.writer = tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=num_steps, initial=start_step, unit="step", dynamic_ncols=True,
@@ -158,7 +155,7 @@ class _Logger:
     def scalars(self, step: int, values: dict, prefix: str = "") -> None:
         if self.writer is not None:
             for name, value in values.items():
-                if np.ndim(value) == 0:
+                if value is not None and np.ndim(value) == 0:
                     self.writer.scalar(prefix + name, float(value), step)
             self.writer.flush()
 
