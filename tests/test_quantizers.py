@@ -267,7 +267,7 @@ class TestCodebookHealth:
 
     def test_kmeans_plus_plus_finds_separated_clusters(self):
         rng = np.random.default_rng(10)
-        true_centers = np.array([[0, 0], [20, 0], [0, 20], [20, 20]], np.float32)
+        true_centers = np.array([[0, 0], [0, 20], [20, 0], [20, 20]], np.float32)
         z = np.concatenate([c + rng.normal(size=(50, 2)) * 0.1 for c in true_centers]).astype(np.float32)
         centers = q.init_codebook_from_data(jnp.asarray(z), 4, jax.random.key(0), kmeans_iters=5)
         found = sorted(map(tuple, np.asarray(centers)), key=lambda c: (round(c[0]), round(c[1])))
