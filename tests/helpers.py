@@ -1,0 +1,16 @@
+"""Shared helpers for the tests."""
+
+import importlib
+import os
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join(REPO_ROOT, "experiments", "configs")
+
+
+def config_names():
+    return sorted(f[:-3] for f in os.listdir(CONFIG_DIR)
+                  if f.endswith(".py") and f not in ("__init__.py", "common.py"))
+
+
+def load_config(name, arg=None):
+    return importlib.import_module(f"experiments.configs.{name}").get_config(arg)

@@ -1,0 +1,145 @@
+"""Input pipelines: values, order, sharding, resumption and error messages."""
+
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from vqjax import data
+
+
+def _cfg(**overrides):
+    cfg = ml_collections.ConfigDict(dict(
+        source="embedded", name="", path="", data_dir="", train_split="train", eval_split="test",
+        image_size=32, channels=3, crop="random", random_flip=True, batch_size=8,
+        eval_batch_size=8, shuffle_buffer=1000, num_threads=1, seed=0))
+    cfg.update(overrides)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """train/ with two classes of 8x8 PNGs (5 + 4 images), test/ flat with 3 JPEGs."""
+    root = tmp_path_factory.mktemp("folder")
+    rng = np.random.default_rng(0)
+    pixels = {}
+    for cls, count in (("cat", 5), ("dog", 4)):
+        os.makedirs(root / "train" / cls)
+        for i in range(count):
+            image = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+            path = str(root / "train" / cls / f"{i}.png")
+            Image.fromarray(image).save(path)
+            pixels[path] = image
+    os.makedirs(root / "test")
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, size=(10, 12, 3), dtype=np.uint8)).save(root / "test" / f"{i}.jpg")
+    return root, pixels
+
+
+def _take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+def test_embedded_images_are_real_photo_crops():
+    train, labels = data.embedded_images("train", 32)
+    test, _ = data.embedded_images("test", 32)
+    assert train.shape == (20000, 32, 32, 3) and train.dtype == np.uint8
+    assert test.shape == (2000, 32, 32, 3)
+    assert set(np.unique(labels)) == set(range(len(data.EMBEDDED_PHOTOS)))
+    assert train.std() > 20  # photographs, not constant or blank tiles
+    again, _ = data.embedded_images.__wrapped__("train", 32)
+    np.testing.assert_array_equal(again, train)
+
+
+def test_embedded_batches_range_and_shape():
+    batch = next(data.make_dataset(_cfg(), "train"))
+    assert batch["image"].shape == (8, 32, 32, 3) and batch["image"].dtype == np.float32
+    assert batch["image"].min() >= -1.0 and batch["image"].max() <= 1.0
+    assert batch["label"].dtype == np.int32
+
+
+def test_folder_values_labels_and_eval_padding(image_folder):
+    root, pixels = image_folder
+    cfg = _cfg(source="folder", path=str(root), image_size=8, crop="center", random_flip=False, batch_size=4)
+    files, labels, classes = data.list_image_folder(str(root), "train")
+    assert classes == ("cat", "dog") and list(labels) == [0] * 5 + [1] * 4
+    batches = list(data.make_dataset(cfg, "train", train=False))
+    assert len(batches) == 3  # 9 images in batches of 4, the last padded
+    np.testing.assert_array_equal(batches[-1]["mask"], [1, 0, 0, 0])
+    images = np.concatenate([b["image"] for b in batches])[:9]
+    expected = np.stack([pixels[f] for f in files]).astype(np.float32) / 127.5 - 1.0
+    np.testing.assert_allclose(images, expected, atol=1e-6)
+    np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[:9], labels)
+
+
+def test_folder_flat_split_resized(image_folder):
+    root, _ = image_folder
+    cfg = _cfg(source="folder", path=str(root), image_size=6, crop="resize", batch_size=2)
+    batches = list(data.make_dataset(cfg, "test"))
+    assert [b["image"].shape for b in batches] == [(2, 6, 6, 3)] * 2
+    assert batches[1]["mask"].tolist() == [1.0, 0.0]
+
+
+def test_training_order_is_deterministic_and_resumable():
+    cfg = _cfg()
+    first = _take(data.make_dataset(cfg, "train"), 5)
+    again = _take(data.make_dataset(cfg, "train"), 5)
+    resumed = _take(data.make_dataset(cfg, "train", start_step=3), 2)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a["image"], b["image"])
+    for a, b in zip(first[3:], resumed):
+        np.testing.assert_array_equal(a["image"], b["image"])
+    other_seed = next(data.make_dataset(_cfg(seed=1), "train"))
+    assert not np.array_equal(other_seed["image"], first[0]["image"])
+
+
+def test_epochs_reshuffle_and_cover_the_data(image_folder):
+    root, _ = image_folder
+    cfg = _cfg(source="folder", path=str(root), image_size=8, crop="center", random_flip=False, batch_size=3)
+    epoch_batches = _take(data.make_dataset(cfg, "train"), 6)  # two epochs of 9 images
+    first = np.concatenate([b["image"] for b in epoch_batches[:3]])
+    second = np.concatenate([b["image"] for b in epoch_batches[3:]])
+    key = lambda images: sorted(x.tobytes() for x in images)
+    assert key(first) == key(second)  # each epoch sees every image once
+    assert not np.array_equal(first, second)  # in a new order
+
+
+def test_processes_get_disjoint_shards_of_the_same_length(image_folder):
+    root, _ = image_folder
+    cfg = _cfg(source="folder", path=str(root), image_size=8, crop="center", batch_size=4)
+    shards = [list(data.make_dataset(cfg, "train", train=False, process_index=i, process_count=2)) for i in range(2)]
+    assert len(shards[0]) == len(shards[1])  # same number of batches on every process
+    seen = [x.tobytes() for shard in shards for b in shard for x, m in zip(b["image"], b["mask"]) if m]
+    assert len(seen) == len(set(seen)) == 9
+
+
+def test_missing_folder_is_one_sentence(tmp_path):
+    with pytest.raises(data.DatasetError, match="config.data.path"):
+        data.make_dataset(_cfg(source="folder", path=str(tmp_path / "nowhere")), "train")
+
+
+def test_empty_folder_is_one_sentence(tmp_path):
+    os.makedirs(tmp_path / "train" / "cls")
+    with pytest.raises(data.DatasetError, match="no images"):
+        data.make_dataset(_cfg(source="folder", path=str(tmp_path)), "train")
+
+
+def test_unreadable_image_names_the_fix(tmp_path):
+    os.makedirs(tmp_path / "test")
+    (tmp_path / "test" / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(data.DatasetError, match="could not be decoded"):
+        list(data.make_dataset(_cfg(source="folder", path=str(tmp_path)), "test"))
+
+
+def test_unprepared_tfds_dataset_says_how_to_get_it(tmp_path):
+    with pytest.raises(data.DatasetError, match="tfds build mnist"):
+        data.make_dataset(_cfg(source="tfds", name="mnist", data_dir=str(tmp_path)), "train")
+
+
+def test_unknown_source_and_bad_batch():
+    with pytest.raises(data.DatasetError, match="config.data.source"):
+        data.make_dataset(_cfg(source="s3"), "train")
+    with pytest.raises(data.DatasetError, match="not divisible"):
+        data.make_dataset(_cfg(batch_size=9), "train", process_count=2, process_index=0)

@@ -1,0 +1,202 @@
+"""The train step and the training loop: compile once, device-count independence, resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from tests.helpers import REPO_ROOT, load_config
+from vqjax import data as data_lib, parallel, state as state_lib, steps, trainer
+
+
+def _smoke(**quantizer):
+    config = load_config("vqvae_quickstart", "smoke")
+    config.quantizer.update(quantizer)
+    return config
+
+
+def _batches(config, n):
+    it = data_lib.make_dataset(config.data, "train", train=True)
+    return [next(it) for _ in range(n)]
+
+
+def _run_steps(config, batches, devices, max_traces=None):
+    mesh = parallel.make_mesh(devices)
+    model = steps.build_model(config.model)
+    tx = state_lib.make_optimizer(config.optim, config.train.num_steps)
+    step_fn = steps.make_train_step(config, model, tx)
+    if max_traces is not None:
+        step_fn = chex.assert_max_traces(step_fn, n=max_traces)
+    train_step = jax.jit(step_fn, donate_argnums=0, out_shardings=(parallel.replicated(mesh),) * 2)
+    first = parallel.to_global(batches[0], mesh)
+    state = jax.jit(lambda r, x: steps.init_state(config, model, tx, r, x),
+                    out_shardings=parallel.replicated(mesh))(jax.random.key(0), first["image"])
+    history = []
+    for batch in batches:
+        state, metrics = train_step(state, parallel.to_global(batch, mesh))
+        history.append(jax.device_get(metrics))
+    return jax.device_get(state), history
+
+
+def test_train_step_compiles_once_and_learns():
+    config = _smoke()
+    batches = _batches(config, 6)
+    state, history = _run_steps(config, batches * 3, jax.devices(), max_traces=1)
+    assert int(state.step) == 18
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert all(np.isfinite(h["loss"]) for h in history)
+
+
+@pytest.mark.parametrize("kind", ["ema", "vq"])
+def test_one_device_and_four_devices_give_the_same_state(kind):
+    config = _smoke(kind=kind, dead_code_threshold=0.5)
+    batches = _batches(config, 4)
+    one, _ = _run_steps(config, batches, jax.devices()[:1])
+    four, _ = _run_steps(config, batches, jax.devices())
+    chex.assert_trees_all_close(one.codebook, four.codebook, rtol=1e-4, atol=1e-5)
+    chex.assert_trees_all_close(one.params, four.params, rtol=1e-4, atol=1e-5)
+    assert int(one.codebook.num_updates) == 4
+
+
+def test_learned_codebook_is_trained_by_its_loss():
+    config = _smoke(kind="vq", dead_code_threshold=0.0)
+    batches = _batches(config, 3)
+    state, history = _run_steps(config, batches, jax.devices())
+    model = steps.build_model(config.model)
+    tx = state_lib.make_optimizer(config.optim, 1)
+    initial = steps.init_state(config, model, tx, jax.random.key(0), jnp.asarray(batches[0]["image"]))
+    assert history[0]["codebook_loss"] > 0
+    assert not np.allclose(state.codebook.embedding, initial.codebook.embedding)
+    assert set(state.opt_state[0].mu) == {"net", "codebook"}
+
+
+class TrainStepJitTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_jit_and_no_jit_agree(self):
+        config = _smoke()
+        batch = jax.tree.map(jnp.asarray, _batches(config, 1)[0])
+        model = steps.build_model(config.model)
+        tx = state_lib.make_optimizer(config.optim, 4)
+        state = steps.init_state(config, model, tx, jax.random.key(0), batch["image"])
+        got_state, got = self.variant(steps.make_train_step(config, model, tx))(state, batch)
+        want_state, want = jax.jit(steps.make_train_step(config, model, tx))(state, batch)
+        chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-6)
+        chex.assert_trees_all_close(got_state.codebook, want_state.codebook, rtol=1e-4, atol=1e-6)
+
+
+def _restore(workdir, config):
+    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+    step = manager.latest_step()
+    return step, manager.restore(step)
+
+
+def test_resumed_run_matches_an_uninterrupted_one(tmp_path):
+    config = _smoke(init="kmeans++")
+    config.train.num_steps = 6
+    config.train.ckpt_steps = 3
+    straight = trainer.train_and_evaluate(config, str(tmp_path / "straight"))
+
+    config.train.num_steps = 3
+    trainer.train_and_evaluate(config, str(tmp_path / "resumed"))
+    config.train.num_steps = 6
+    resumed = trainer.train_and_evaluate(config, str(tmp_path / "resumed"))
+
+    assert straight["step"] == resumed["step"] == 6
+    np.testing.assert_allclose(resumed["train_loss"], straight["train_loss"], rtol=1e-5)
+    np.testing.assert_allclose(resumed["recon_mse"], straight["recon_mse"], rtol=1e-5)
+    _, a = _restore(str(tmp_path / "straight"), config)
+    _, b = _restore(str(tmp_path / "resumed"), config)
+    chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-6)
+
+    with open(tmp_path / "straight" / "metrics.json") as f:
+        metrics = json.load(f)
+    for key in ("step", "recon_mse", "recon_psnr", "codebook_usage", "perplexity", "images_per_sec"):
+        assert key in metrics
+    assert 0 < metrics["codebook_usage"] <= 1
+    assert (tmp_path / "straight" / "reconstructions.png").exists()
+    with open(tmp_path / "straight" / "config.json") as f:
+        assert json.load(f)["quantizer"]["num_codes"] == config.quantizer.num_codes
+
+
+def test_non_finite_loss_stops_without_saving_a_bad_checkpoint(tmp_path, monkeypatch):
+    config = _smoke()
+    real = data_lib.make_dataset
+
+    def poisoned(cfg, split, *args, **kwargs):
+        for batch in real(cfg, split, *args, **kwargs):
+            if kwargs.get("train"):
+                batch["image"] = batch["image"] * np.nan
+            yield batch
+
+    monkeypatch.setattr(data_lib, "make_dataset", poisoned)
+    with pytest.raises(trainer.NonFiniteLossError, match="learning_rate"):
+        trainer.train_and_evaluate(config, str(tmp_path))
+    assert not os.listdir(tmp_path / "checkpoints")
+
+
+def test_checkpoint_that_does_not_match_the_config(tmp_path):
+    config = _smoke()
+    config.train.num_steps = 2
+    trainer.train_and_evaluate(config, str(tmp_path))
+    config.model.hidden_channels = 24
+    config.train.num_steps = 4
+    with pytest.raises(ValueError, match="does not match this config"):
+        trainer.train_and_evaluate(config, str(tmp_path))
+
+
+def test_bad_config_values_are_sentences(tmp_path):
+    config = _smoke(kind="fsq-typo")
+    with pytest.raises(ValueError, match="config.quantizer.kind"):
+        trainer.train_and_evaluate(config, str(tmp_path))
+    config = _smoke()
+    config.data.batch_size = 6
+    with pytest.raises(ValueError, match="devices"):
+        trainer.train_and_evaluate(config, str(tmp_path))
+
+
+def _entry_point(workdir, *overrides, **popen):
+    cmd = [sys.executable, "-m", "experiments.vqvae",
+           "--config=experiments/configs/vqvae_quickstart.py:smoke", f"--workdir={workdir}", *overrides]
+    env = dict(os.environ, XLA_FLAGS="", PYTHONUNBUFFERED="1")
+    return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def test_entry_point_sigterm_saves_and_resumes(tmp_path):
+    workdir = tmp_path / "run"
+    proc = _entry_point(workdir, "--config.train.num_steps=100000", "--config.train.ckpt_steps=100000",
+                        "--config.train.log_steps=1000")
+    deadline = time.time() + 120
+    while time.time() < deadline and not (workdir / "tensorboard").exists():
+        time.sleep(0.5)
+    time.sleep(3.0)  # some steps into training
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    assert "SIGTERM: saved step" in output
+    steps_saved = [int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit()]
+    assert len(steps_saved) == 1 and steps_saved[0] > 0
+    assert not (workdir / "metrics.json").exists()
+
+    resumed = _entry_point(workdir, f"--config.train.num_steps={steps_saved[0] + 2}")
+    output, _ = resumed.communicate(timeout=180)
+    assert resumed.returncode == 0, output
+    assert f"starting at step {steps_saved[0]} of" in output
+    with open(workdir / "metrics.json") as f:
+        assert json.load(f)["step"] == steps_saved[0] + 2
+
+
+def test_entry_point_rejects_a_misspelt_override(tmp_path):
+    proc = _entry_point(tmp_path, "--config.train.num_stepz=3")
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "num_stepz" in output
