@@ -222,40 +222,67 @@ class TestCodebookHealth:
         rng = np.random.default_rng(8)
         embedding = jnp.asarray(rng.normal(size=(6, 2)), jnp.float32)
         state = q.CodebookState.from_embedding(embedding, 1.0)
-        state = state.replace(cluster_size=jnp.asarray([2.0, 0.01, 0.5, 0.001, 3.0, 0.2]),
-                              num_updates=jnp.asarray(7, jnp.int32))
+        state = state.replace(usage=jnp.asarray([2.0, 0.01, 0.5, 0.001, 3.0, 0.2]),
+                              cluster_size=jnp.asarray([9.0, 0.2, 3.0, 0.1, 8.0, 1.0]))
         z = jnp.asarray(rng.normal(size=(20, 2)) + 10.0, jnp.float32)
-        new, count = q.restart_dead_codes(state, z, jax.random.key(0), threshold=0.1, reset_count=1.0)
+        new, count = q.restart_dead_codes(state, z, jax.random.key(0), threshold=0.1, reset_count=1.5)
         dead = np.array([False, True, False, True, False, False])
         assert int(count) == 2
         np.testing.assert_array_equal(new.embedding[~dead], embedding[~dead])
         z_rows = {tuple(r) for r in np.asarray(z)}
         for row in np.asarray(new.embedding)[dead]:
             assert tuple(row) in z_rows
-        np.testing.assert_allclose(new.cluster_size[dead], 1.0)
-        np.testing.assert_allclose(new.embed_sum[dead], new.embedding[dead])
+        np.testing.assert_allclose(new.cluster_size[dead], 1.5)
+        np.testing.assert_allclose(new.embed_sum[dead], 1.5 * new.embedding[dead])
+        np.testing.assert_allclose(new.usage[dead], 1.0)
         np.testing.assert_array_equal(new.cluster_size[~dead], state.cluster_size[~dead])
-        np.testing.assert_array_equal(new.last_used[dead], 7)
-        again, _ = q.restart_dead_codes(state, z, jax.random.key(0), threshold=0.1)
+        np.testing.assert_array_equal(new.usage[~dead], state.usage[~dead])
+        again, _ = q.restart_dead_codes(state, z, jax.random.key(0), threshold=0.1, reset_count=1.5)
         chex.assert_trees_all_equal(again, new)  # a function of the rng only
 
-    def test_restart_refuses_a_reset_count_below_the_threshold(self):
+    def test_restart_threshold_must_be_a_fraction(self):
         state = q.CodebookState.from_embedding(jnp.zeros((3, 2)))
-        with pytest.raises(ValueError, match="threshold"):
-            q.restart_dead_codes(state, jnp.zeros((4, 2)), jax.random.key(0), threshold=1.0, reset_count=1.0)
+        with pytest.raises(ValueError, match="between 0 and 1"):
+            q.restart_dead_codes(state, jnp.zeros((4, 2)), jax.random.key(0), threshold=2.0)
+
+    def test_usage_is_a_share_relative_to_uniform(self):
+        state = q.CodebookState.from_embedding(jnp.ones((4, 2)))
+        new = q.update_usage(state, jnp.asarray([0, 0, 0, 2]), jnp.asarray(5), decay=0.5)
+        # shares relative to uniform: counts * K / N = [3, 0, 1, 0]
+        np.testing.assert_allclose(new.usage, 0.5 * 1.0 + 0.5 * np.array([3.0, 0.0, 1.0, 0.0]))
+        np.testing.assert_array_equal(new.last_used, [5, 0, 5, 0])
+        np.testing.assert_array_equal(new.embedding, state.embedding)
+        np.testing.assert_array_equal(new.cluster_size, state.cluster_size)
 
     def test_recent_usage(self):
         state = q.CodebookState.from_embedding(jnp.zeros((4, 2)))
-        state = state.replace(last_used=jnp.asarray([10, 3, 9, 0]), num_updates=jnp.asarray(10))
-        np.testing.assert_allclose(q.recent_usage(state, 2), 0.5)
-        np.testing.assert_allclose(q.recent_usage(state, 8), 0.75)
+        state = state.replace(last_used=jnp.asarray([10, 3, 9, 0]))
+        np.testing.assert_allclose(q.recent_usage(state, jnp.asarray(10), 2), 0.5)
+        np.testing.assert_allclose(q.recent_usage(state, jnp.asarray(10), 8), 0.75)
 
-    def test_usage_tracking_for_learned_codebook(self):
-        state = q.CodebookState.from_embedding(jnp.ones((3, 2)))
-        new = q.track_usage(state, jnp.asarray([0, 0, 2]), decay=0.5)
-        np.testing.assert_allclose(new.cluster_size, [1.5, 0.5, 1.0])
-        np.testing.assert_array_equal(new.embedding, state.embedding)
-        np.testing.assert_array_equal(new.last_used, [1, 0, 1])
+    def test_a_code_that_stops_being_used_is_restarted_within_a_few_dozen_steps(self):
+        rng = np.random.default_rng(11)
+        far_code = 3
+        embedding = rng.normal(size=(8, 2)).astype(np.float32)
+        embedding[far_code] = 100.0
+        state = q.CodebookState.from_embedding(jnp.asarray(embedding))
+        z = jnp.asarray(rng.normal(size=(64, 2)) * 0.1, jnp.float32)
+
+        @jax.jit
+        def step(state, i):
+            idx = q.nearest_code(z, state.embedding)
+            state = q.ema_update(state, z, idx, decay=0.99)
+            state = q.update_usage(state, idx, i, decay=0.9)
+            return q.restart_dead_codes(state, z, jax.random.key(i), threshold=0.03)
+
+        restarted_at = None
+        for i in range(1, 60):
+            state, count = step(state, i)
+            if np.abs(np.asarray(state.embedding[far_code])).max() < 10:
+                restarted_at = i
+                break
+        # usage decays from 1 by 0.9 per step: below 0.03 after ceil(log(0.03)/log(0.9)) = 34 steps
+        assert restarted_at == 34
 
     def test_kmeans_step_matches_numpy_lloyd(self):
         rng = np.random.default_rng(9)
@@ -296,6 +323,7 @@ class JitAgreementTest(chex.TestCase):
 
         def update(s, z, i):
             s = q.ema_update(s, z, i, decay=0.95, epsilon=1e-4)
+            s = s.replace(usage=s.cluster_size)  # make restarts follow the EMA counts here
             return q.restart_dead_codes(s, z, jax.random.key(3), threshold=0.96)
 
         got = self.variant(update)(state, z, idx)

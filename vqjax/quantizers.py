@@ -202,19 +202,25 @@ def usage_fraction(counts: jax.Array) -> jax.Array:
 
 @struct.dataclass
 class CodebookState:
-    """An EMA codebook and its statistics: a pytree kept in `TrainState`, not in the model.
+    """A codebook and its statistics: a pytree kept in `TrainState`, not in the model.
 
     `cluster_size` and `embed_sum` are the exponential moving averages of the per-step code
     counts and of the summed vectors assigned to each code (the biased averages when
-    `ema_update(..., debias=True)` is used). `last_used` is the update count at which each
-    code was last assigned a vector, and `num_updates` counts `ema_update` calls.
+    `ema_update(..., debias=True)` is used); `num_updates` counts `ema_update` calls.
+    For a codebook learned by loss only `embedding` and the usage fields change.
+
+    Usage, for codebook health: `usage` is a faster EMA of each code's share of the vectors,
+    relative to a uniform share (1.0 = used as often as 1/K of all vectors, 0 = never), so
+    its scale does not depend on the batch size; `last_used` is the step at which each code
+    was last assigned a vector.
     """
 
     embedding: jax.Array  # [K, D] float32
     cluster_size: jax.Array  # [K] float32
     embed_sum: jax.Array  # [K, D] float32
-    last_used: jax.Array  # [K] int32
     num_updates: jax.Array  # [] int32
+    usage: jax.Array  # [K] float32
+    last_used: jax.Array  # [K] int32
 
     @classmethod
     def from_embedding(cls, embedding: jax.Array, initial_count: float = 1.0) -> "CodebookState":
@@ -231,8 +237,9 @@ class CodebookState:
             embedding=embedding,
             cluster_size=jnp.full((num_codes,), initial_count, jnp.float32),
             embed_sum=embedding * initial_count,
-            last_used=jnp.zeros((num_codes,), jnp.int32),
             num_updates=jnp.zeros((), jnp.int32),
+            usage=jnp.ones((num_codes,), jnp.float32),
+            last_used=jnp.zeros((num_codes,), jnp.int32),
         )
 
     @property
@@ -282,27 +289,27 @@ def ema_update(
         average_size, average_sum = cluster_size, embed_sum
     embedding = average_sum / laplace_smoothing(average_size, epsilon)[:, None]
 
-    return CodebookState(
+    return state.replace(
         embedding=embedding,
         cluster_size=cluster_size,
         embed_sum=embed_sum,
-        last_used=jnp.where(counts > 0, num_updates, state.last_used),
         num_updates=num_updates,
     )
 
 
-def track_usage(state: CodebookState, indices: jax.Array, *, decay: float) -> CodebookState:
-    """Usage statistics only (`cluster_size`, `last_used`) for a codebook learned by loss.
+def update_usage(
+    state: CodebookState, indices: jax.Array, step: jax.Array, *, decay: float = 0.9
+) -> CodebookState:
+    """Updates `usage` (EMA of each code's share relative to uniform) and `last_used`.
 
-    The embedding is left alone: the optimizer owns it. The EMA counts still drive dead-code
-    restarts and usage metrics, as for an EMA codebook.
+    Separate from `ema_update` because it serves every kind of codebook (EMA or learned by
+    loss), and because dead-code detection wants a shorter memory than the codebook EMA.
     """
     counts = code_counts(indices, state.num_codes)
-    num_updates = state.num_updates + 1
+    share = counts * (state.num_codes / jnp.maximum(jnp.sum(counts), 1.0))
     return state.replace(
-        cluster_size=decay * state.cluster_size + (1.0 - decay) * counts,
-        last_used=jnp.where(counts > 0, num_updates, state.last_used),
-        num_updates=num_updates,
+        usage=decay * state.usage + (1.0 - decay) * share,
+        last_used=jnp.where(counts > 0, jnp.asarray(step, jnp.int32), state.last_used),
     )
 
 
@@ -314,34 +321,36 @@ def restart_dead_codes(
     threshold: float,
     reset_count: float = 1.0,
 ) -> tuple[CodebookState, jax.Array]:
-    """Re-seeds codes whose EMA count fell below `threshold` from random vectors of `z`.
+    """Re-seeds codes whose `usage` fell below `threshold` from random vectors of `z`.
 
-    A restarted code gets the statistics of a fresh code at that vector (`reset_count`
-    pseudo-assignments), so the EMA does not pull it back to where it died. Works with masks
-    only: same shapes every step, no host round trip; `rng` must be the same on every
-    device (derive it from the step). Returns the new state and the number restarted.
+    `threshold` is relative to a uniform share (0.03: a code gets under 3% of the vectors a
+    uniformly used code would). A restarted code gets the statistics of a fresh code at that
+    vector (`reset_count` pseudo-assignments, uniform usage), so the EMA does not pull it back
+    to where it died. Masks only: same shapes every step, no host round trip; `rng` must be
+    the same on every device (derive it from the step). Returns the state and the number of
+    codes restarted.
     """
-    if reset_count <= threshold:
+    if not 0.0 < threshold < 1.0:
         raise ValueError(
-            f"reset_count ({reset_count}) must exceed the dead-code threshold ({threshold}), "
-            "or restarted codes would count as dead again at once; lower the threshold."
+            f"The dead-code threshold is {threshold}; it is a fraction of a uniform code's share "
+            "of the vectors and must lie strictly between 0 and 1 (0.03 is a good start)."
         )
     flat = _flatten(jax.lax.stop_gradient(z)).astype(jnp.float32)
-    dead = state.cluster_size < threshold
+    dead = state.usage < threshold
     picks = jax.random.randint(rng, (state.num_codes,), 0, flat.shape[0])
     candidates = jnp.take(flat, picks, axis=0)
     new_state = state.replace(
         embedding=jnp.where(dead[:, None], candidates, state.embedding),
         cluster_size=jnp.where(dead, reset_count, state.cluster_size),
         embed_sum=jnp.where(dead[:, None], candidates * reset_count, state.embed_sum),
-        last_used=jnp.where(dead, state.num_updates, state.last_used),
+        usage=jnp.where(dead, 1.0, state.usage),
     )
     return new_state, jnp.sum(dead.astype(jnp.int32))
 
 
-def recent_usage(state: CodebookState, window: int) -> jax.Array:
-    """Fraction of codes assigned at least one vector in the last `window` EMA updates."""
-    used = (state.num_updates - state.last_used < window) & (state.num_updates > 0)
+def recent_usage(state: CodebookState, step: jax.Array, window: int) -> jax.Array:
+    """Fraction of codes assigned at least one vector in the steps (step - window, step]."""
+    used = (step - state.last_used < window) & (state.last_used > 0)
     return jnp.mean(used.astype(jnp.float32))
 
 

@@ -91,19 +91,21 @@ def make_train_step(config, model: VQVAE, tx: optax.GradientTransformation) -> C
         updates, opt_state = tx.update(grads, state.opt_state, weights)
         weights = optax.apply_updates(weights, updates)
 
+        step = state.step + 1  # steps done after this one; 0 in `last_used` means never
         codebook = state.codebook
         if learned:
-            codebook = quantizers.track_usage(
-                codebook.replace(embedding=weights["codebook"]), indices, decay=qcfg.decay)
+            codebook = codebook.replace(embedding=weights["codebook"])
         else:
             codebook = quantizers.ema_update(
                 codebook, z, indices, decay=qcfg.decay, epsilon=qcfg.epsilon, debias=qcfg.debias)
+        codebook = quantizers.update_usage(codebook, indices, step, decay=qcfg.usage_decay)
         num_restarted = jnp.zeros((), jnp.int32)
         if qcfg.dead_code_threshold > 0:
+            # For a learned codebook this moves the parameter too: the optimizer reads the
+            # embedding from `codebook` at the next step.
             codebook, num_restarted = quantizers.restart_dead_codes(
                 codebook, z, jax.random.fold_in(state.step_rng(), 1),
                 threshold=qcfg.dead_code_threshold, reset_count=qcfg.initial_count)
-        # A restart may also move a learned codebook: the optimizer reads it from `codebook`.
 
         counts = quantizers.code_counts(indices, qcfg.num_codes)
         metrics = {
@@ -112,11 +114,11 @@ def make_train_step(config, model: VQVAE, tx: optax.GradientTransformation) -> C
             "commitment_loss": commitment,
             "codebook_loss": codebook_loss,
             "perplexity": quantizers.perplexity(counts),
-            "codes_used_recent": quantizers.recent_usage(codebook, qcfg.usage_window),
+            "codes_used_recent": quantizers.recent_usage(codebook, step, qcfg.usage_window),
             "codes_restarted": num_restarted.astype(jnp.float32),
             "grad_norm": optax.global_norm(grads),
         }
-        new_state = state.replace(step=state.step + 1, params=weights["net"],
+        new_state = state.replace(step=step, params=weights["net"],
                                   opt_state=opt_state, codebook=codebook)
         return new_state, metrics
 

@@ -198,11 +198,11 @@ def _validate(config) -> None:
         if int(train[name]) <= 0:
             raise ValueError(f"config.train.{name} is {train[name]}; it must be a positive number of steps.")
     state_lib.is_learned_codebook(config.quantizer)
-    if config.quantizer.dead_code_threshold >= config.quantizer.initial_count and config.quantizer.dead_code_threshold > 0:
+    threshold = config.quantizer.dead_code_threshold
+    if threshold and not 0.0 < threshold < 1.0:
         raise ValueError(
-            f"config.quantizer.dead_code_threshold ({config.quantizer.dead_code_threshold}) must be "
-            f"below config.quantizer.initial_count ({config.quantizer.initial_count}), the count a "
-            "fresh or restarted code starts with."
+            f"config.quantizer.dead_code_threshold is {threshold}; it is a fraction of a uniform "
+            "code's share of the vectors, strictly between 0 and 1 (or 0 to never restart)."
         )
 
 

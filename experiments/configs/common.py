@@ -43,8 +43,12 @@ def vqvae_base() -> ml_collections.ConfigDict:
         decay=0.99,  # EMA decay of the codebook statistics (and of usage counts)
         epsilon=1e-5,  # Laplace smoothing
         debias=False,  # zero-debiased EMA, as haiku's VectorQuantizerEMA
-        initial_count=1.0,  # pseudo-count of a fresh or restarted code
-        dead_code_threshold=0.1,  # EMA count (vectors per step) below which a code is re-seeded (0 = never)
+        initial_count=1.0,  # EMA pseudo-count of a fresh or restarted code
+        # Dead-code restart: a code whose usage EMA (its share of the vectors relative to a
+        # uniform 1/K share, decay `usage_decay`) falls below the threshold is re-seeded from
+        # a current encoder output. 0 = never.
+        dead_code_threshold=0.03,
+        usage_decay=0.9,
         init="uniform",  # 'uniform' | 'kmeans++' (on the first batch's encoder outputs)
         kmeans_iters=10,
         usage_window=100,  # steps over which `codes_used_recent` counts a code as used
