@@ -297,12 +297,12 @@ def make_dataset(
     train = (split == cfg.train_split) if train is None else train
     seed = int(cfg.seed)
     ds, count, decode = _source(cfg, split)
-    description = f"{cfg.source} dataset {cfg.name or cfg.path or ''} (split {split!r})".replace("  ", " ")
+    description = _describe(cfg, split)
 
     ds = ds.shard(process_count, process_index)
     options = tf.data.Options()
     options.deterministic = True
-    options.threading.private_threadpool_size = max(1, int(cfg.get("num_threads", 0)) or os.cpu_count() or 1)
+    options.threading.private_threadpool_size = int(cfg.get("num_threads", 0)) or os.cpu_count() or 1
     if train:
         buffer = min(int(cfg.shuffle_buffer), math.ceil(count / process_count))
         ds = ds.shuffle(buffer, seed=seed + process_index, reshuffle_each_iteration=True).repeat()
@@ -314,16 +314,22 @@ def make_dataset(
     ds = ds.enumerate().map(_preprocess(cfg, decode, False, seed), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(local_batch).prefetch(2).with_options(options)
     num_batches = math.ceil(math.ceil(count / process_count) / local_batch)
-    return _padded_batches(_numpy_batches(ds, description), num_batches, local_batch)
+    empty = {"image": np.zeros((0, cfg.image_size, cfg.image_size, cfg.channels), np.float32),
+             "label": np.zeros((0,), np.int32)}
+    return _padded_batches(_numpy_batches(ds, description), num_batches, local_batch, empty)
 
 
-def _padded_batches(batches: Iterator[dict], num_batches: int, local_batch: int) -> Iterator[dict]:
-    template = None
+def _describe(cfg, split: str) -> str:
+    what = {"embedded": "the embedded dataset", "folder": f"the image folder {cfg.path}",
+            "tfds": f"the TFDS dataset {cfg.name}"}[cfg.source]
+    return f"{what} (split {split!r})"
+
+
+def _padded_batches(batches: Iterator[dict], num_batches: int, local_batch: int,
+                    empty: dict) -> Iterator[dict]:
+    """Pads the last batch, then adds all-padding batches, up to `num_batches` batches."""
     for _ in range(num_batches):
-        batch = next(batches, None)
-        if batch is None:
-            batch = {k: np.zeros_like(v[:0]) for k, v in template.items()}
-        template = batch
+        batch = next(batches, None) or empty
         valid = len(batch["label"])
         pad = local_batch - valid
         batch = {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
