@@ -153,6 +153,29 @@ def test_checkpoint_that_does_not_match_the_config(tmp_path):
         trainer.train_and_evaluate(config, str(tmp_path))
 
 
+def test_init_from_another_run(tmp_path):
+    config = _smoke()
+    config.train.num_steps = 2
+    trainer.train_and_evaluate(config, str(tmp_path / "source"))
+    _, saved = _restore(str(tmp_path / "source"), config)
+
+    config.optim.name = "adamw"  # another optimizer: only params and codebook are taken
+    config.init_from = str(tmp_path / "source")
+    model = steps.build_model(config.model)
+    tx = state_lib.make_optimizer(config.optim, 2)
+    abstract = jax.eval_shape(lambda: steps.init_state(
+        config, model, tx, jax.random.key(0), jnp.zeros((8, 32, 32, 3))))
+    abstract = trainer.abstract_like(abstract, parallel.replicated(parallel.make_mesh()))
+    params, codebook = trainer.load_params_from(config.init_from, abstract)
+    chex.assert_trees_all_equal(params, saved["params"])
+    np.testing.assert_array_equal(codebook.embedding, saved["codebook"]["embedding"])
+    assert trainer.train_and_evaluate(config, str(tmp_path / "target"))["step"] == 2
+
+    config.model.embed_dim = 4
+    with pytest.raises(ValueError, match="other shapes"):
+        trainer.train_and_evaluate(config, str(tmp_path / "mismatch"))
+
+
 def test_bad_config_values_are_sentences(tmp_path):
     config = _smoke(kind="fsq-typo")
     with pytest.raises(ValueError, match="config.quantizer.kind"):

@@ -61,16 +61,35 @@ def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state: Any
         ) from err
 
 
-def load_params_from(path: str, abstract_state: Any) -> Any:
-    """`config.init_from`: the params and codebook of another run's latest checkpoint."""
-    manager = ocp.CheckpointManager(os.path.join(os.path.abspath(path), "checkpoints"),
-                                    options=ocp.CheckpointManagerOptions(read_only=True))
-    step = manager.latest_step()
+def load_params_from(path: str, abstract_state: Any) -> tuple[Any, Any]:
+    """`config.init_from`: (params, codebook) of another run's latest checkpoint.
+
+    Read as saved, so the other run may have used another optimizer; only the network and
+    codebook shapes must match this config.
+    """
+    directory = os.path.join(os.path.abspath(path), "checkpoints")
+    step = None
+    if os.path.isdir(directory):
+        manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+        step = manager.latest_step()
     if step is None:
-        raise ValueError(f"config.init_from is {path!r} but it holds no checkpoints/; point it at a workdir of a finished run.")
-    restored = restore_state(manager, step, abstract_state)
+        raise ValueError(f"config.init_from is {path!r} but {directory} holds no checkpoint; "
+                         "point it at the workdir of a run that saved one.")
+    saved = manager.restore(step)
     manager.close()
-    return restored
+    wanted = (abstract_state.params, abstract_state.codebook)
+    try:
+        loaded = (saved["params"], type(abstract_state.codebook)(**saved["codebook"]))
+        shapes_match = jax.tree.all(jax.tree.map(lambda a, b: a.shape == b.shape, loaded, wanted))
+    except (KeyError, TypeError, ValueError):
+        shapes_match = False
+    if not shapes_match:
+        raise ValueError(
+            f"The checkpoint at step {step} in {directory} (config.init_from) has a network or "
+            "codebook of other shapes than this config; use the model and quantizer settings it "
+            "was trained with."
+        )
+    return jax.device_put(loaded, jax.tree.map(lambda x: x.sharding, wanted))
 
 
 # ----------------------------------------------------------------------------------------
@@ -245,8 +264,8 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
     else:
         state = create(init_rng, first_batch["image"])
         if config.get("init_from"):
-            loaded = load_params_from(config.init_from, abstract_state)
-            state = state.replace(params=loaded.params, codebook=loaded.codebook)
+            params, codebook = load_params_from(config.init_from, abstract_state)
+            state = state.replace(params=params, codebook=codebook)
             logging.info("Initialised params and codebook from %s.", config.init_from)
     start_step = int(state.step)
     if is_main:
