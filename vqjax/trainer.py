@@ -42,23 +42,47 @@ def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
         enable_async_checkpointing=True,
         create=True,
     )
-    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                                 options=options, item_handlers=ocp.StandardCheckpointHandler())
 
 
 def abstract_like(tree: Any, sharding) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
+def _shapes_by_path(tree: Any) -> dict:
+    def name(key):
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                return str(getattr(key, attr))
+        return str(key)
+
+    return {"/".join(map(name, path)): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _mismatch(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> Optional[str]:
+    """The first network/codebook array whose saved shape differs from the config's, if any."""
+    saved = _shapes_by_path(manager.item_metadata(step))
+    wanted = _shapes_by_path({"params": abstract_state.params, "codebook": abstract_state.codebook})
+    for path, shape in sorted(wanted.items()):
+        if saved.get(path) != shape:
+            return f"{path} is {saved.get(path, 'missing')} in the checkpoint, {shape} in the config"
+    return None
+
+
 def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:
     """Restores checkpoint `step` into `abstract_state`; a mismatch becomes one clear sentence."""
-    try:
-        return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
-    except (ValueError, KeyError, TypeError) as err:
-        raise ValueError(
-            f"The checkpoint at step {step} in {manager.directory} does not match this config "
-            f"({str(err).splitlines()[0][:300]}); resume with the config it was written with, "
-            "or start in a new --workdir."
-        ) from err
+    problem = _mismatch(manager, step, abstract_state)
+    if problem is None:
+        try:
+            return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        except (ValueError, KeyError, TypeError) as err:
+            problem = str(err).splitlines()[0][:300]
+    raise ValueError(
+        f"The checkpoint at step {step} in {manager.directory} does not match this config "
+        f"({problem}); resume with the config it was written with, or start in a new --workdir."
+    )
 
 
 def load_params_from(path: str, abstract_state: Any) -> tuple[Any, Any]:
