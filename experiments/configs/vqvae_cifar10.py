@@ -10,8 +10,8 @@ From a folder with train/<class>/*.jpg and test/<class>/*.jpg:
   python -m experiments.vqvae --config=experiments/configs/vqvae_cifar10.py \
     --config.data.source=folder --config.data.path=/tmp/cifar10 --workdir=/tmp/vqvae_cifar10
 
-Expect about 25 dB test PSNR and over 90% of codes used after a few thousand steps; see the
-README for measured figures. Arg `smoke` shrinks everything to seconds.
+Measured (README): 500 steps at batch 32 on 2 CPU cores reach 23.8 dB test PSNR with all 512
+codes used on the test split. Arg `smoke` shrinks everything to seconds.
 """
 
 from experiments.configs import common
