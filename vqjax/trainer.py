@@ -166,13 +166,15 @@ def write_json(path: str, payload: Any) -> None:
 
 
 def save_reconstructions(reconstruct, state, config, mesh, path: str) -> None:
+    """Runs on every process (the step is a global computation); process 0 writes the file."""
     batch = next(data_lib.make_dataset(config.data, config.data.eval_split,
                                        config.data.eval_batch_size, train=False))
     reconstructions, _ = reconstruct(state, parallel.to_global(batch, mesh)["image"])
     count = min(config.evals.num_recon_images, int(batch["mask"].sum()))
     originals = batch["image"][:count]
     reconstructions = np.asarray(jax.device_get(reconstructions))[:count]
-    save_png(path, image_grid([originals, reconstructions]))
+    if jax.process_index() == 0:
+        save_png(path, image_grid([originals, reconstructions]))
 
 
 # ----------------------------------------------------------------------------------------
@@ -271,7 +273,9 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
     train_step = jax.jit(steps.make_train_step(config, model, tx), donate_argnums=0,
                          out_shardings=(replicated, replicated))
     eval_step = jax.jit(steps.make_eval_step(config, model), out_shardings=replicated)
-    reconstruct = jax.jit(steps.make_reconstruct(model))
+    # Replicated output: every process holds all reconstructions, and the first rows are
+    # process 0's own images.
+    reconstruct = jax.jit(steps.make_reconstruct(model), out_shardings=replicated)
 
     # --- State: the workdir's latest checkpoint, else config.init_from, else scratch.
     manager = checkpoint_manager(workdir, config.train.keep_checkpoints)
@@ -357,8 +361,8 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
     final["images_per_sec"] = timing["images"] / train_seconds if timing["images"] else None
     if metrics is not None:
         final["train_loss"] = float(jax.device_get(metrics["loss"]))
+    save_reconstructions(reconstruct, state, config, mesh, os.path.join(workdir, "reconstructions.png"))
     if is_main:
-        save_reconstructions(reconstruct, state, config, mesh, os.path.join(workdir, "reconstructions.png"))
         write_json(os.path.join(workdir, "metrics.json"), final)
         print("vqjax: final " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                           for k, v in sorted(final.items())), flush=True)
