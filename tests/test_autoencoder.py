@@ -1,0 +1,123 @@
+"""The VQGAN autoencoder and PatchGAN discriminator against taming-transformers (PyTorch)."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vqjax.nets.autoencoder import Decoder, Encoder, VQAutoencoder
+from vqjax.nets.discriminator import NLayerDiscriminator
+
+torch = pytest.importorskip("torch")
+taming_model = pytest.importorskip("taming.modules.diffusionmodules.model")
+taming_disc = pytest.importorskip("taming.modules.discriminator.model")
+
+IMAGENET_F16 = dict(ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,),
+                    z_channels=256, resolution=256)  # taming's vqgan_imagenet_f16_{1024,16384}, ffhq f16
+SMALL = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), z_channels=8, resolution=16)
+
+
+def _count(tree):
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def _torch_count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def _taming_ddconfig(sizes):
+    return dict(double_z=False, in_channels=3, out_ch=3, dropout=0.0, **{k: list(v) if isinstance(v, tuple) else v
+                                                                          for k, v in sizes.items()})
+
+
+def _flax_name(torch_name):
+    """taming's module path -> ours (e.g. down.1.block.0.conv1 -> down_1_block_0/conv1)."""
+    name = re.sub(r"(down|up)\.(\d+)\.(block|attn)\.(\d+)", r"\1_\2_\3_\4", torch_name)
+    name = re.sub(r"(down|up)\.(\d+)\.(downsample|upsample)", r"\1_\2_\3", name)
+    return name.replace("mid.", "mid_").split(".")
+
+
+def _load_torch_weights(module, params):
+    """Copies a taming module's weights into a flax params tree with the same structure."""
+    params = jax.tree.map(np.asarray, params)
+    params = jax.tree_util.tree_map(lambda x: x.copy(), params)
+    for torch_name, value in module.state_dict().items():
+        *path, kind = _flax_name(torch_name)
+        node = params
+        for key in path:
+            node = node[key]
+        value = value.detach().numpy()
+        if kind == "weight" and value.ndim == 4:
+            node["kernel"][...] = value.transpose(2, 3, 1, 0)
+        elif kind == "weight":
+            node["scale"][...] = value
+        else:
+            node["bias"][...] = value
+    return params
+
+
+@pytest.mark.parametrize("sizes", [IMAGENET_F16], ids=["imagenet_f16"])
+def test_parameter_counts_equal_taming(sizes):
+    torch_encoder = taming_model.Encoder(**_taming_ddconfig(sizes))
+    torch_decoder = taming_model.Decoder(**_taming_ddconfig(sizes))
+    embed_dim, num_codes = 256, 1024
+    taming_total = (_torch_count(torch_encoder) + _torch_count(torch_decoder)
+                    + (sizes["z_channels"] * embed_dim + embed_dim)  # quant_conv
+                    + (embed_dim * sizes["z_channels"] + sizes["z_channels"]))  # post_quant_conv
+    model = VQAutoencoder(embed_dim=embed_dim, **sizes)
+    params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 256, 256, 3)))["params"]
+    assert _count(params["encoder"]) == _torch_count(torch_encoder)
+    assert _count(params["decoder"]) == _torch_count(torch_decoder)
+    assert _count(params) == taming_total
+    # taming's quantizer holds only the codebook; ours is a CodebookState of the same size.
+    quantize = pytest.importorskip("taming.modules.vqvae.quantize")
+    assert _torch_count(quantize.VectorQuantizer2(num_codes, embed_dim, beta=0.25)) == num_codes * embed_dim
+
+
+def test_encoder_and_decoder_compute_taming_functions():
+    torch.manual_seed(0)
+    torch_encoder = taming_model.Encoder(**_taming_ddconfig(SMALL)).eval()
+    torch_decoder = taming_model.Decoder(**_taming_ddconfig(SMALL)).eval()
+    images = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype(np.float32)
+    encoder, decoder = Encoder(**SMALL), Decoder(**SMALL)
+    enc_params = _load_torch_weights(torch_encoder, encoder.init(jax.random.key(0), jnp.asarray(images))["params"])
+    z = encoder.apply({"params": enc_params}, jnp.asarray(images))
+    with torch.no_grad():
+        z_torch = torch_encoder(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)
+    assert z.shape == (2, 8, 8, 8)
+    np.testing.assert_allclose(np.asarray(z), z_torch, rtol=1e-4, atol=1e-4)
+
+    dec_params = _load_torch_weights(torch_decoder, decoder.init(jax.random.key(0), z)["params"])
+    out = decoder.apply({"params": dec_params}, jnp.asarray(z_torch))
+    with torch.no_grad():
+        out_torch = torch_decoder(torch.from_numpy(z_torch.transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)
+    assert out.shape == (2, 16, 16, 3)
+    np.testing.assert_allclose(np.asarray(out), out_torch, rtol=1e-4, atol=1e-4)
+
+
+def test_discriminator_matches_taming_in_shape_and_size():
+    torch_disc = taming_disc.NLayerDiscriminator(input_nc=3, ndf=64, n_layers=3)
+    disc = NLayerDiscriminator(ndf=64, n_layers=3, norm="batch")
+    variables = jax.eval_shape(disc.init, jax.random.key(0), jnp.zeros((1, 256, 256, 3)))
+    assert _count(variables["params"]) == _torch_count(torch_disc)
+    logits = jax.eval_shape(lambda v: disc.apply(v, jnp.zeros((2, 256, 256, 3))), variables)
+    assert logits.shape == (2, 30, 30, 1)  # 70x70 receptive fields on a 30x30 grid
+    with torch.no_grad():
+        assert tuple(torch_disc(torch.zeros(1, 3, 256, 256)).shape) == (1, 1, 30, 30)
+
+
+def test_discriminator_norms_without_running_statistics():
+    images = jnp.zeros((2, 32, 32, 3))
+    for norm in ("group", "none"):
+        disc = NLayerDiscriminator(ndf=8, n_layers=2, norm=norm)
+        variables = disc.init(jax.random.key(0), images)
+        assert set(variables) == {"params"}
+        assert disc.apply(variables, images).shape == (2, 6, 6, 1)  # 32 -> 16 -> 8 -> 7 -> 6
+    batch = NLayerDiscriminator(ndf=8, n_layers=2, norm="batch")
+    variables = batch.init(jax.random.key(0), images)
+    _, updates = batch.apply(variables, images + 1.0, train=True, mutable=["batch_stats"])
+    assert not np.allclose(updates["batch_stats"]["norm_1"]["mean"], variables["batch_stats"]["norm_1"]["mean"])
+    kernel = variables["params"]["conv_0"]["kernel"]
+    assert abs(float(jnp.std(kernel)) - 0.02) < 0.005  # normal(0, 0.02) init

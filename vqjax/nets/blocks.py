@@ -1,0 +1,82 @@
+"""Building blocks of the taming-transformers autoencoder (Esser et al. 2021).
+
+Layouts are NHWC. Each block mirrors `taming.modules.diffusionmodules.model` so that a
+converted checkpoint gives the same function: GroupNorm(32, eps 1e-6) with affine
+parameters, swish, 3x3 convolutions, single-head spatial self-attention, downsampling by a
+3x3 stride-2 convolution after padding one pixel on the bottom and right only, and nearest
+upsampling followed by a 3x3 convolution.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def normalize(name: str | None = None, dtype: jnp.dtype = jnp.float32) -> nn.GroupNorm:
+    """taming's `Normalize`: GroupNorm with 32 groups and epsilon 1e-6."""
+    return nn.GroupNorm(num_groups=32, epsilon=1e-6, dtype=dtype, name=name)
+
+
+class ResnetBlock(nn.Module):
+    """norm -> swish -> conv3x3 -> norm -> swish -> dropout -> conv3x3, plus a shortcut
+    (a 1x1 convolution, taming's `nin_shortcut`, when the width changes)."""
+
+    out_channels: int
+    dropout: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        h = nn.swish(normalize("norm1", self.dtype)(x))
+        h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, name="conv1")(h)
+        h = nn.swish(normalize("norm2", self.dtype)(h))
+        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, name="conv2")(h)
+        if x.shape[-1] != self.out_channels:
+            x = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, name="nin_shortcut")(x)
+        return x + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over all spatial positions, with a residual connection."""
+
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        batch, height, width, channels = x.shape
+        h = normalize("norm", self.dtype)(x)
+        q = nn.Conv(channels, (1, 1), dtype=self.dtype, name="q")(h)
+        k = nn.Conv(channels, (1, 1), dtype=self.dtype, name="k")(h)
+        v = nn.Conv(channels, (1, 1), dtype=self.dtype, name="v")(h)
+        q, k, v = (t.reshape(batch, height * width, channels) for t in (q, k, v))
+        logits = jnp.einsum("bic,bjc->bij", q, k) * (channels ** -0.5)
+        # Softmax in float32: bf16 logits over thousands of positions lose the small weights.
+        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+        h = jnp.einsum("bij,bjc->bic", weights, v).reshape(batch, height, width, channels)
+        return x + nn.Conv(channels, (1, 1), dtype=self.dtype, name="proj_out")(h)
+
+
+class Downsample(nn.Module):
+    """Halves height and width: pad (0, 1) on both spatial axes, 3x3 convolution with stride 2."""
+
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+        return nn.Conv(x.shape[-1], (3, 3), strides=(2, 2), padding="VALID", dtype=self.dtype,
+                       name="conv")(x)
+
+
+class Upsample(nn.Module):
+    """Doubles height and width: nearest-neighbour repeat, then a 3x3 convolution."""
+
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+        return nn.Conv(x.shape[-1], (3, 3), dtype=self.dtype, name="conv")(x)
