@@ -44,7 +44,7 @@ def init_state(config, model: VQVAE, tx: optax.GradientTransformation, rng: jax.
     if qcfg.init == "uniform":
         embedding = quantizers.uniform_codebook(codebook_rng, qcfg.num_codes, model.embed_dim)
     elif qcfg.init == "kmeans++":
-        z = model.apply({"params": params}, images, method=VQVAE.encode)
+        z = model.apply({"params": params}, images, method="encode")
         embedding = quantizers.init_codebook_from_data(
             z, qcfg.num_codes, codebook_rng, kmeans_iters=qcfg.kmeans_iters)
     else:
@@ -60,12 +60,33 @@ def init_state(config, model: VQVAE, tx: optax.GradientTransformation, rng: jax.
     )
 
 
-def forward(model: VQVAE, params: Any, codebook: jax.Array, images: jax.Array):
-    """encode -> quantize (straight-through) -> decode."""
-    z = model.apply({"params": params}, images, method=VQVAE.encode)
+def forward(model, params: Any, codebook: jax.Array, images: jax.Array, *,
+            train: bool = False, rng: jax.Array | None = None):
+    """encode -> quantize (straight-through) -> decode, for any model with encode/decode."""
+    rngs = {"dropout": rng} if rng is not None else {}
+    z = model.apply({"params": params}, images, train=train, method="encode", rngs=rngs)
     quantized = quantizers.quantize(z, codebook)
-    reconstruction = model.apply({"params": params}, quantized.quantized, method=VQVAE.decode)
+    reconstruction = model.apply({"params": params}, quantized.quantized, train=train,
+                                 method="decode", rngs=rngs)
     return reconstruction, z, quantized
+
+
+def update_codebook(codebook: quantizers.CodebookState, learned_embedding, z: jax.Array,
+                    indices: jax.Array, step: jax.Array, rng: jax.Array, qcfg):
+    """After the gradient step: EMA update (or the optimizer's new embedding), usage
+    statistics, dead-code restarts. Returns (codebook, number of codes restarted)."""
+    if learned_embedding is not None:
+        codebook = codebook.replace(embedding=learned_embedding)
+    else:
+        codebook = quantizers.ema_update(
+            codebook, z, indices, decay=qcfg.decay, epsilon=qcfg.epsilon, debias=qcfg.debias)
+    codebook = quantizers.update_usage(codebook, indices, step, decay=qcfg.usage_decay)
+    if qcfg.dead_code_threshold <= 0:
+        return codebook, jnp.zeros((), jnp.int32)
+    # For a learned codebook this moves the parameter too: the optimizer reads the embedding
+    # from `codebook` at the next step.
+    return quantizers.restart_dead_codes(codebook, z, rng, threshold=qcfg.dead_code_threshold,
+                                         reset_count=qcfg.initial_count)
 
 
 def make_train_step(config, model: VQVAE, tx: optax.GradientTransformation) -> Callable:
@@ -92,20 +113,9 @@ def make_train_step(config, model: VQVAE, tx: optax.GradientTransformation) -> C
         weights = optax.apply_updates(weights, updates)
 
         step = state.step + 1  # steps done after this one; 0 in `last_used` means never
-        codebook = state.codebook
-        if learned:
-            codebook = codebook.replace(embedding=weights["codebook"])
-        else:
-            codebook = quantizers.ema_update(
-                codebook, z, indices, decay=qcfg.decay, epsilon=qcfg.epsilon, debias=qcfg.debias)
-        codebook = quantizers.update_usage(codebook, indices, step, decay=qcfg.usage_decay)
-        num_restarted = jnp.zeros((), jnp.int32)
-        if qcfg.dead_code_threshold > 0:
-            # For a learned codebook this moves the parameter too: the optimizer reads the
-            # embedding from `codebook` at the next step.
-            codebook, num_restarted = quantizers.restart_dead_codes(
-                codebook, z, jax.random.fold_in(state.step_rng(), 1),
-                threshold=qcfg.dead_code_threshold, reset_count=qcfg.initial_count)
+        codebook, num_restarted = update_codebook(
+            state.codebook, weights["codebook"] if learned else None, z, indices, step,
+            jax.random.fold_in(state.step_rng(), 1), qcfg)
 
         counts = quantizers.code_counts(indices, qcfg.num_codes)
         metrics = {

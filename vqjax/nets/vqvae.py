@@ -104,10 +104,12 @@ class VQVAE(nn.Module):
         self.encoder = Encoder(embed_dim=self.embed_dim, **sizes)
         self.decoder = Decoder(out_channels=self.out_channels, **sizes)
 
-    def encode(self, images: jax.Array) -> jax.Array:
+    def encode(self, images: jax.Array, *, train: bool = False) -> jax.Array:
+        del train  # no dropout or normalization statistics in this network
         return self.encoder(images)
 
-    def decode(self, codes: jax.Array) -> jax.Array:
+    def decode(self, codes: jax.Array, *, train: bool = False) -> jax.Array:
+        del train
         return self.decoder(codes)
 
     def __call__(self, images: jax.Array) -> jax.Array:
