@@ -1,0 +1,190 @@
+"""The VQGAN train step: generator (autoencoder + codebook) and discriminator updated in one
+jit-compiled function, as in taming-transformers' `VQLPIPSWithDiscriminator`.
+
+Generator loss: `rec + vq + lambda * f_G(step) * L_G`, with lambda taming's adaptive weight
+(gradient norms of the two terms at the decoder's last layer) and f_G the warm-up of the
+adversarial term (`loss.gen_adv_start`). Discriminator loss: `f_D(step) * (L_D + w_lecam *
+LeCam) + gamma / 2 * R1`, f_D switching on at `loss.disc_start <= loss.gen_adv_start`, so the
+discriminator can learn before its signal reaches the generator.
+
+Batch-norm statistics of the discriminator are explicit state; they change only in the
+discriminator's own pass (real, then fake, as taming calls it) and only once it trains.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from vqjax import losses, quantizers
+from vqjax.state import TrainState, is_learned_codebook, trainable
+from vqjax.steps import forward, update_codebook
+
+
+@struct.dataclass
+class GANTrainState(TrainState):
+    """`TrainState` plus the discriminator and the LeCam anchors."""
+
+    disc_params: Any = None
+    disc_opt_state: Any = None
+    disc_batch_stats: Any = None  # {} unless the discriminator uses batch norm
+    lecam_ema: jax.Array = None  # [2]: EMAs of the mean real and fake logits
+
+
+def last_decoder_layer(grads: Any) -> Any:
+    """The decoder's output convolution, where taming measures the adaptive weight."""
+    try:
+        return grads["decoder"]["conv_out"]
+    except (KeyError, TypeError):
+        raise ValueError("The adaptive GAN weight needs a decoder whose last layer is "
+                         "`decoder/conv_out` (the VQGAN autoencoder, model.name='vqgan').") from None
+
+
+def check_loss_config(lcfg) -> None:
+    losses.discriminator_loss(lcfg.gan_loss, jnp.zeros(()), jnp.zeros(()))  # validates the name
+    if lcfg.gen_adv_start < lcfg.disc_start:
+        raise ValueError(
+            f"config.loss.gen_adv_start ({lcfg.gen_adv_start}) is before config.loss.disc_start "
+            f"({lcfg.disc_start}): the generator would learn from an untrained discriminator; "
+            "set gen_adv_start >= disc_start."
+        )
+    if lcfg.perceptual_weight > 0:
+        raise ValueError(
+            "config.loss.perceptual_weight > 0 needs LPIPS weights, which this version cannot "
+            "load yet; set config.loss.perceptual_weight=0."
+        )
+
+
+def init_gan_state(config, model: nn.Module, disc: nn.Module, tx_g, tx_d, rng: jax.Array,
+                   images: jax.Array, base_state: TrainState) -> GANTrainState:
+    """Adds a fresh discriminator to `base_state` (the autoencoder and codebook)."""
+    variables = disc.init(rng, images)
+    disc_params = variables["params"]
+    return GANTrainState(
+        **{f: getattr(base_state, f) for f in ("step", "seed", "params", "opt_state", "codebook")},
+        disc_params=disc_params,
+        disc_opt_state=tx_d.init(disc_params),
+        disc_batch_stats=variables.get("batch_stats", {}),
+        lecam_ema=jnp.zeros((2,), jnp.float32),
+    )
+
+
+def make_gan_train_step(config, model: nn.Module, disc: nn.Module,
+                        tx_g: optax.GradientTransformation,
+                        tx_d: optax.GradientTransformation) -> Callable:
+    lcfg, qcfg = config.loss, config.quantizer
+    check_loss_config(lcfg)
+    learned = is_learned_codebook(qcfg)
+    reconstruction_loss = losses.reconstruction_loss(lcfg.reconstruction)
+    uses_batch_stats = getattr(disc, "norm", None) == "batch"
+
+    def run_disc(params, batch_stats, images):
+        """Discriminator in training mode: logits and the batch statistics it would store."""
+        if not uses_batch_stats:
+            return disc.apply({"params": params}, images, train=True), batch_stats
+        logits, updates = disc.apply({"params": params, "batch_stats": batch_stats}, images,
+                                     train=True, mutable=["batch_stats"])
+        return logits, updates["batch_stats"]
+
+    def generator_terms(weights, state, images, rng):
+        codebook = weights["codebook"] if learned else state.codebook.embedding
+        reconstruction, z, q = forward(model, weights["net"], codebook, images, train=True, rng=rng)
+        rec = jnp.mean(reconstruction_loss(reconstruction, images))
+        codebook_term = q.codebook_loss if learned else jnp.zeros_like(q.codebook_loss)
+        vq = losses.vq_loss(codebook_term, q.commitment_loss, qcfg.beta, lcfg.legacy_beta)
+        # The generator's pass leaves the discriminator's statistics alone.
+        logits_fake, _ = run_disc(state.disc_params, state.disc_batch_stats, reconstruction)
+        g_adv = losses.generator_loss(lcfg.gan_loss, logits_fake)
+        return (rec + vq, g_adv), (reconstruction, z, q.indices, rec, vq)
+
+    def train_step(state: GANTrainState, batch: dict) -> tuple[GANTrainState, dict]:
+        images = batch["image"]
+        rng = state.step_rng()
+        weights = trainable(state.params, state.codebook, learned)
+
+        # --- Generator: one forward pass, two backward passes (one per loss term).
+        (nll, g_adv), vjp_fn, (reconstruction, z, indices, rec, vq) = jax.vjp(
+            lambda w: generator_terms(w, state, images, jax.random.fold_in(rng, 0)), weights,
+            has_aux=True)
+        (nll_grads,) = vjp_fn((jnp.ones_like(nll), jnp.zeros_like(g_adv)))
+        (adv_grads,) = vjp_fn((jnp.zeros_like(nll), jnp.ones_like(g_adv)))
+        if lcfg.adaptive_weight:
+            d_weight = losses.adaptive_weight(last_decoder_layer(nll_grads["net"]),
+                                              last_decoder_layer(adv_grads["net"]), lcfg.disc_weight)
+        else:
+            d_weight = jnp.float32(lcfg.disc_weight)
+        g_factor = losses.warmup_factor(state.step, lcfg.gen_adv_start)
+        g_grads = jax.tree.map(lambda a, b: a + d_weight * g_factor * b, nll_grads, adv_grads)
+        updates, opt_state = tx_g.update(g_grads, state.opt_state, weights)
+        weights = optax.apply_updates(weights, updates)
+
+        # --- Discriminator, on the reconstructions of this step (no gradient to G).
+        d_factor = losses.warmup_factor(state.step, lcfg.disc_start)
+        fake = jax.lax.stop_gradient(reconstruction)
+
+        def d_loss_fn(disc_params):
+            logits_real, stats = run_disc(disc_params, state.disc_batch_stats, images)
+            logits_fake, stats = run_disc(disc_params, stats, fake)
+            d_loss = losses.discriminator_loss(lcfg.gan_loss, logits_real, logits_fake)
+            total = d_factor * d_loss
+            lecam = jnp.zeros(())
+            if lcfg.lecam_weight > 0:
+                lecam = losses.lecam_regularization(logits_real, logits_fake, *state.lecam_ema)
+                total = total + d_factor * lcfg.lecam_weight * lecam
+            r1 = jnp.zeros(())
+            if lcfg.r1_gamma > 0:
+                r1 = losses.r1_penalty(lambda x: run_disc(disc_params, state.disc_batch_stats, x)[0], images)
+                total = total + d_factor * 0.5 * lcfg.r1_gamma * r1
+            return total, (logits_real, logits_fake, stats, d_loss, lecam, r1)
+
+        (_, (logits_real, logits_fake, new_stats, d_loss, lecam, r1)), d_grads = (
+            jax.value_and_grad(d_loss_fn, has_aux=True)(state.disc_params))
+        d_updates, disc_opt_state = tx_d.update(d_grads, state.disc_opt_state, state.disc_params)
+        active = d_factor > 0
+        # Before disc_start nothing of the discriminator moves, statistics and moments included.
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(active, n, o), new, old)
+        disc_params = keep(optax.apply_updates(state.disc_params, d_updates), state.disc_params)
+        disc_opt_state = keep(disc_opt_state, state.disc_opt_state)
+        disc_batch_stats = keep(new_stats, state.disc_batch_stats)
+        means = jnp.stack([jnp.mean(logits_real), jnp.mean(logits_fake)]).astype(jnp.float32)
+        lecam_ema = jnp.where(active, lcfg.lecam_decay * state.lecam_ema + (1 - lcfg.lecam_decay) * means,
+                              state.lecam_ema)
+
+        # --- Codebook (outside jax.grad).
+        step = state.step + 1
+        codebook, num_restarted = update_codebook(
+            state.codebook, weights["codebook"] if learned else None, z, indices, step,
+            jax.random.fold_in(rng, 1), qcfg)
+
+        counts = quantizers.code_counts(indices, qcfg.num_codes)
+        g_loss = nll + d_weight * g_factor * g_adv
+        metrics = {
+            "loss": g_loss,
+            "g_loss": g_loss,
+            "d_loss": d_factor * d_loss,
+            "recon_loss": rec,
+            "vq_loss": vq,
+            "g_adv_loss": g_adv,
+            "adaptive_weight": d_weight,
+            "logits_real": means[0],
+            "logits_fake": means[1],
+            "lecam": lecam,
+            "r1": r1,
+            "perplexity": quantizers.perplexity(counts),
+            "codes_used_recent": quantizers.recent_usage(codebook, step, qcfg.usage_window),
+            "codes_restarted": num_restarted.astype(jnp.float32),
+            "grad_norm": optax.global_norm(g_grads),
+            "disc_grad_norm": optax.global_norm(d_grads),
+        }
+        new_state = state.replace(
+            step=step, params=weights["net"], opt_state=opt_state, codebook=codebook,
+            disc_params=disc_params, disc_opt_state=disc_opt_state,
+            disc_batch_stats=disc_batch_stats, lecam_ema=lecam_ema)
+        return new_state, metrics
+
+    return train_step
