@@ -8,6 +8,13 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import sys  # noqa: E402
+
+# torch (a test-only reference) probes for triton, its CUDA kernel compiler, and importing
+# triton after TensorFlow and XLA are loaded crashes the process (conflicting LLVM symbols).
+# The CPU reference runs never need it; a None entry makes `import triton` an ImportError.
+sys.modules.setdefault("triton", None)
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
