@@ -34,7 +34,7 @@ def _setup(config, norm="batch"):
     tx_g, tx_d = optax.adam(1e-3, 0.5, 0.9), optax.adam(1e-3, 0.5, 0.9)
     images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, size=(4, 16, 16, 3)), jnp.float32)
     base = steps.init_state(config, model, tx_g, jax.random.key(0), images)
-    state = gan.init_gan_state(config, model, disc, tx_g, tx_d, jax.random.key(1), images, base)
+    state = gan.init_gan_state(base, disc, tx_d, jax.random.key(1), images)
     return model, disc, tx_g, tx_d, state, images
 
 

@@ -60,8 +60,8 @@ def check_loss_config(lcfg) -> None:
         )
 
 
-def init_gan_state(config, model: nn.Module, disc: nn.Module, tx_g, tx_d, rng: jax.Array,
-                   images: jax.Array, base_state: TrainState) -> GANTrainState:
+def init_gan_state(base_state: TrainState, disc: nn.Module, tx_d: optax.GradientTransformation,
+                   rng: jax.Array, images: jax.Array) -> GANTrainState:
     """Adds a fresh discriminator to `base_state` (the autoencoder and codebook)."""
     variables = disc.init(rng, images)
     disc_params = variables["params"]
