@@ -16,14 +16,6 @@ import sys  # noqa: E402
 sys.modules.setdefault("triton", None)
 
 import jax  # noqa: E402
-import pytest  # noqa: E402
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="session")
-def repo_root():
-    return REPO_ROOT
 
 
 def pytest_configure(config):

@@ -33,10 +33,10 @@ def _taming_ddconfig(sizes):
 
 
 def _flax_name(torch_name):
-    """taming's module path -> ours (e.g. down.1.block.0.conv1 -> down_1_block_0/conv1)."""
+    """taming's module path -> ours (down.1.block.0.conv1 -> down_1_block_0/conv1; mid.* as is)."""
     name = re.sub(r"(down|up)\.(\d+)\.(block|attn)\.(\d+)", r"\1_\2_\3_\4", torch_name)
     name = re.sub(r"(down|up)\.(\d+)\.(downsample|upsample)", r"\1_\2_\3", name)
-    return name.replace("mid.", "mid_").split(".")
+    return name.split(".")
 
 
 def _load_torch_weights(module, params):

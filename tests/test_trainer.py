@@ -94,7 +94,7 @@ class TrainStepJitTest(chex.TestCase):
         chex.assert_trees_all_close(got_state.codebook, want_state.codebook, rtol=1e-4, atol=1e-6)
 
 
-def _restore(workdir, config):
+def _restore(workdir):
     manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
     step = manager.latest_step()
     return step, manager.restore(step)
@@ -114,8 +114,8 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path):
     assert straight["step"] == resumed["step"] == 6
     np.testing.assert_allclose(resumed["train_loss"], straight["train_loss"], rtol=1e-5)
     np.testing.assert_allclose(resumed["recon_mse"], straight["recon_mse"], rtol=1e-5)
-    _, a = _restore(str(tmp_path / "straight"), config)
-    _, b = _restore(str(tmp_path / "resumed"), config)
+    _, a = _restore(str(tmp_path / "straight"))
+    _, b = _restore(str(tmp_path / "resumed"))
     chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-6)
 
     with open(tmp_path / "straight" / "metrics.json") as f:
@@ -158,7 +158,7 @@ def test_init_from_another_run(tmp_path):
     config = _smoke()
     config.train.num_steps = 2
     trainer.train_and_evaluate(config, str(tmp_path / "source"))
-    _, saved = _restore(str(tmp_path / "source"), config)
+    _, saved = _restore(str(tmp_path / "source"))
 
     config.optim.name = "adamw"  # another optimizer: only params and codebook are taken
     config.init_from = str(tmp_path / "source")

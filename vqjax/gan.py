@@ -46,7 +46,7 @@ def last_decoder_layer(grads: Any) -> Any:
 
 
 def check_loss_config(lcfg) -> None:
-    losses.discriminator_loss(lcfg.gan_loss, jnp.zeros(()), jnp.zeros(()))  # validates the name
+    losses.check_gan_loss(lcfg.gan_loss)
     if lcfg.gen_adv_start < lcfg.disc_start:
         raise ValueError(
             f"config.loss.gen_adv_start ({lcfg.gen_adv_start}) is before config.loss.disc_start "

@@ -57,14 +57,14 @@ def vq_loss(codebook_loss: jax.Array, commitment_loss: jax.Array, beta: float,
 GAN_LOSSES = ("hinge", "non_saturating", "least_squares")
 
 
-def _check_gan_loss(kind: str) -> None:
+def check_gan_loss(kind: str) -> None:
     if kind not in GAN_LOSSES:
         raise ValueError(f"config.loss.gan_loss is {kind!r}; choose one of {GAN_LOSSES}.")
 
 
 def discriminator_loss(kind: str, logits_real: jax.Array, logits_fake: jax.Array) -> jax.Array:
     """Discriminator loss, halved as in taming: hinge, non-saturating ('vanilla') or LSGAN."""
-    _check_gan_loss(kind)
+    check_gan_loss(kind)
     real, fake = logits_real.astype(jnp.float32), logits_fake.astype(jnp.float32)
     if kind == "hinge":
         terms = jnp.mean(jax.nn.relu(1.0 - real)), jnp.mean(jax.nn.relu(1.0 + fake))
@@ -78,7 +78,7 @@ def discriminator_loss(kind: str, logits_real: jax.Array, logits_fake: jax.Array
 def generator_loss(kind: str, logits_fake: jax.Array) -> jax.Array:
     """Generator loss: `-E[D(x_hat)]` for hinge (taming's choice), `E[softplus(-D)]` for the
     non-saturating loss, `E[(D - 1)^2] / 2` for least squares."""
-    _check_gan_loss(kind)
+    check_gan_loss(kind)
     fake = logits_fake.astype(jnp.float32)
     if kind == "hinge":
         return -jnp.mean(fake)

@@ -3,8 +3,8 @@ r"""Quickstart: a small VQ-VAE on 32x32 crops of the photographs that ship with 
 No download, finishes in a few minutes on two CPU cores:
   python -m experiments.vqvae --config=experiments/configs/vqvae_quickstart.py --workdir=/tmp/vqvae_quickstart
 
-Evaluation crops come from a strip of each photograph that training never sees. Expect a
-test PSNR above 22 dB and most codes in use; <workdir>/reconstructions.png shows originals
+Evaluation crops come from a strip of each photograph that training never sees. Measured
+(README): 28.6 dB test PSNR with all 128 codes used after the 1000 steps; <workdir>/reconstructions.png shows originals
 above reconstructions. Arg `smoke` shrinks everything to seconds.
 """
 

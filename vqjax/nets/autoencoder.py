@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vqjax.nets.blocks import AttnBlock, Downsample, ResnetBlock, Upsample, normalize
+from vqjax.nets.blocks import AttnBlock, Downsample, MidBlock, ResnetBlock, Upsample, normalize
 
 
 class Encoder(nn.Module):
@@ -44,10 +44,7 @@ class Encoder(nn.Module):
             if level != len(self.ch_mult) - 1:
                 h = Downsample(self.dtype, name=f"down_{level}_downsample")(h)
                 resolution //= 2
-        width = h.shape[-1]
-        h = ResnetBlock(width, self.dropout, self.dtype, name="mid_block_1")(h, train=train)
-        h = AttnBlock(self.dtype, name="mid_attn_1")(h)
-        h = ResnetBlock(width, self.dropout, self.dtype, name="mid_block_2")(h, train=train)
+        h = MidBlock(self.dropout, self.dtype, name="mid")(h, train=train)
         h = nn.swish(normalize("norm_out", self.dtype)(h))
         return nn.Conv(self.z_channels, (3, 3), dtype=self.dtype, name="conv_out")(h)
 
@@ -70,9 +67,7 @@ class Decoder(nn.Module):
         width = self.ch * self.ch_mult[-1]
         resolution = self.resolution // 2 ** (len(self.ch_mult) - 1)
         h = nn.Conv(width, (3, 3), dtype=self.dtype, name="conv_in")(z.astype(self.dtype))
-        h = ResnetBlock(width, self.dropout, self.dtype, name="mid_block_1")(h, train=train)
-        h = AttnBlock(self.dtype, name="mid_attn_1")(h)
-        h = ResnetBlock(width, self.dropout, self.dtype, name="mid_block_2")(h, train=train)
+        h = MidBlock(self.dropout, self.dtype, name="mid")(h, train=train)
         for level in reversed(range(len(self.ch_mult))):
             for i in range(self.num_res_blocks + 1):
                 h = ResnetBlock(self.ch * self.ch_mult[level], self.dropout, self.dtype,

@@ -80,3 +80,18 @@ class Upsample(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
         return nn.Conv(x.shape[-1], (3, 3), dtype=self.dtype, name="conv")(x)
+
+
+class MidBlock(nn.Module):
+    """The bottleneck shared by encoder and decoder: ResnetBlock, AttnBlock, ResnetBlock at
+    constant width (taming's `mid.block_1`, `mid.attn_1`, `mid.block_2`)."""
+
+    dropout: float = 0.0
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        width = x.shape[-1]
+        x = ResnetBlock(width, self.dropout, self.dtype, name="block_1")(x, train=train)
+        x = AttnBlock(self.dtype, name="attn_1")(x)
+        return ResnetBlock(width, self.dropout, self.dtype, name="block_2")(x, train=train)
