@@ -9,7 +9,7 @@ CONFIG_DIR = os.path.join(REPO_ROOT, "experiments", "configs")
 
 def config_names():
     return sorted(f[:-3] for f in os.listdir(CONFIG_DIR)
-                  if f.endswith(".py") and f not in ("__init__.py", "common.py"))
+                  if f.endswith(".py") and not f.startswith("_") and f != "common.py")
 
 
 def load_config(name, arg=None):

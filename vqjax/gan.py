@@ -1,7 +1,7 @@
 """The VQGAN train step: generator (autoencoder + codebook) and discriminator updated in one
 jit-compiled function, as in taming-transformers' `VQLPIPSWithDiscriminator`.
 
-Generator loss: `rec + vq + lambda * f_G(step) * L_G`, with lambda taming's adaptive weight
+Generator loss: `rec + w_p * LPIPS + vq + lambda * f_G(step) * L_G`, with lambda taming's adaptive weight
 (gradient norms of the two terms at the decoder's last layer) and f_G the warm-up of the
 adversarial term (`loss.gen_adv_start`). Discriminator loss: `f_D(step) * (L_D + w_lecam *
 LeCam) + gamma / 2 * R1`, f_D switching on at `loss.disc_start <= loss.gen_adv_start`, so the
@@ -22,8 +22,9 @@ import optax
 from flax import struct
 
 from vqjax import losses, quantizers
-from vqjax.state import TrainState, is_learned_codebook, trainable
-from vqjax.steps import forward, update_codebook
+from vqjax.nets.discriminator import NLayerDiscriminator
+from vqjax.state import TrainState, is_learned_codebook, trainable, update_ema_params
+from vqjax.steps import forward, parse_dtype, update_codebook
 
 
 @struct.dataclass
@@ -53,11 +54,12 @@ def check_loss_config(lcfg) -> None:
             f"({lcfg.disc_start}): the generator would learn from an untrained discriminator; "
             "set gen_adv_start >= disc_start."
         )
-    if lcfg.perceptual_weight > 0:
-        raise ValueError(
-            "config.loss.perceptual_weight > 0 needs LPIPS weights, which this version cannot "
-            "load yet; set config.loss.perceptual_weight=0."
-        )
+
+
+def build_discriminator(disc_cfg) -> NLayerDiscriminator:
+    fields = dict(disc_cfg)
+    dtype = parse_dtype(fields.pop("dtype", "float32"), "config.disc.dtype")
+    return NLayerDiscriminator(dtype=dtype, **fields)
 
 
 def init_gan_state(base_state: TrainState, disc: nn.Module, tx_d: optax.GradientTransformation,
@@ -66,7 +68,8 @@ def init_gan_state(base_state: TrainState, disc: nn.Module, tx_d: optax.Gradient
     variables = disc.init(rng, images)
     disc_params = variables["params"]
     return GANTrainState(
-        **{f: getattr(base_state, f) for f in ("step", "seed", "params", "opt_state", "codebook")},
+        **{f: getattr(base_state, f)
+           for f in ("step", "seed", "params", "opt_state", "codebook", "ema_params")},
         disc_params=disc_params,
         disc_opt_state=tx_d.init(disc_params),
         disc_batch_stats=variables.get("batch_stats", {}),
@@ -76,9 +79,20 @@ def init_gan_state(base_state: TrainState, disc: nn.Module, tx_d: optax.Gradient
 
 def make_gan_train_step(config, model: nn.Module, disc: nn.Module,
                         tx_g: optax.GradientTransformation,
-                        tx_d: optax.GradientTransformation) -> Callable:
+                        tx_d: optax.GradientTransformation,
+                        perceptual: nn.Module | None = None) -> Callable:
+    """`train_step(state, batch, perceptual_params=None) -> (state, metrics)`.
+
+    `perceptual` (an `LPIPS` module) is needed when `config.loss.perceptual_weight > 0`; its
+    frozen weights are an argument rather than a closure, so they are not baked into the
+    compiled program as constants.
+    """
     lcfg, qcfg = config.loss, config.quantizer
     check_loss_config(lcfg)
+    if lcfg.perceptual_weight > 0 and perceptual is None:
+        raise ValueError("config.loss.perceptual_weight > 0 but no LPIPS network was given to "
+                         "the train step; load one with vqjax.nets.lpips.load_params.")
+    ema_decay = float(config.optim.get("params_ema_decay", 0.0))
     learned = is_learned_codebook(qcfg)
     reconstruction_loss = losses.reconstruction_loss(lcfg.reconstruction)
     uses_batch_stats = getattr(disc, "norm", None) == "batch"
@@ -91,10 +105,14 @@ def make_gan_train_step(config, model: nn.Module, disc: nn.Module,
                                      train=True, mutable=["batch_stats"])
         return logits, updates["batch_stats"]
 
-    def generator_terms(weights, state, images, rng):
+    def generator_terms(weights, state, images, rng, perceptual_params):
         codebook = weights["codebook"] if learned else state.codebook.embedding
         reconstruction, z, q = forward(model, weights["net"], codebook, images, train=True, rng=rng)
+        # taming's nll: mean over the batch of |x - x'| + w_p * LPIPS(x, x').
         rec = jnp.mean(reconstruction_loss(reconstruction, images))
+        if lcfg.perceptual_weight > 0:
+            p_loss = jnp.mean(perceptual.apply({"params": perceptual_params}, images, reconstruction))
+            rec = rec + lcfg.perceptual_weight * p_loss
         codebook_term = q.codebook_loss if learned else jnp.zeros_like(q.codebook_loss)
         vq = losses.vq_loss(codebook_term, q.commitment_loss, qcfg.beta, lcfg.legacy_beta)
         # The generator's pass leaves the discriminator's statistics alone.
@@ -102,15 +120,16 @@ def make_gan_train_step(config, model: nn.Module, disc: nn.Module,
         g_adv = losses.generator_loss(lcfg.gan_loss, logits_fake)
         return (rec + vq, g_adv), (reconstruction, z, q.indices, rec, vq)
 
-    def train_step(state: GANTrainState, batch: dict) -> tuple[GANTrainState, dict]:
+    def train_step(state: GANTrainState, batch: dict,
+                   perceptual_params: Any = None) -> tuple[GANTrainState, dict]:
         images = batch["image"]
         rng = state.step_rng()
         weights = trainable(state.params, state.codebook, learned)
 
         # --- Generator: one forward pass, two backward passes (one per loss term).
         (nll, g_adv), vjp_fn, (reconstruction, z, indices, rec, vq) = jax.vjp(
-            lambda w: generator_terms(w, state, images, jax.random.fold_in(rng, 0)), weights,
-            has_aux=True)
+            lambda w: generator_terms(w, state, images, jax.random.fold_in(rng, 0), perceptual_params),
+            weights, has_aux=True)
         (nll_grads,) = vjp_fn((jnp.ones_like(nll), jnp.zeros_like(g_adv)))
         (adv_grads,) = vjp_fn((jnp.zeros_like(nll), jnp.ones_like(g_adv)))
         if lcfg.adaptive_weight:
@@ -183,6 +202,7 @@ def make_gan_train_step(config, model: nn.Module, disc: nn.Module,
         }
         new_state = state.replace(
             step=step, params=weights["net"], opt_state=opt_state, codebook=codebook,
+            ema_params=update_ema_params(state.ema_params, weights["net"], ema_decay),
             disc_params=disc_params, disc_opt_state=disc_opt_state,
             disc_batch_stats=disc_batch_stats, lecam_ema=lecam_ema)
         return new_state, metrics

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import struct
 
@@ -24,15 +25,40 @@ class TrainState:
     params: Any  # network parameters
     opt_state: Any  # optax state over `trainable(state)`
     codebook: CodebookState  # EMA codebook or, for a learned codebook, its embedding + usage
+    # Exponential moving average of `params` (`config.optim.params_ema_decay > 0`), else None.
+    # Evaluation and reconstructions use it when present.
+    ema_params: Any = None
 
     def step_rng(self) -> jax.Array:
         return jax.random.fold_in(jax.random.key(self.seed), self.step)
 
+    @property
+    def eval_params(self) -> Any:
+        return self.params if self.ema_params is None else self.ema_params
 
-def make_schedule(cfg, num_steps: int) -> optax.Schedule:
+
+def init_ema_params(params: Any, decay: float) -> Any:
+    """The initial weight average (a copy of `params`), or None when averaging is off."""
+    return jax.tree.map(jnp.copy, params) if decay > 0 else None
+
+
+def update_ema_params(ema_params: Any, params: Any, decay: float) -> Any:
+    if ema_params is None:
+        return None
+    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+
+
+def peak_learning_rate(cfg, global_batch_size: int) -> float:
+    """`cfg.learning_rate`, or taming's `base_lr * global batch` with `cfg.scale_lr_by_batch`
+    (taming's main.py: accumulate_grad_batches * ngpu * batch_size * base_learning_rate)."""
+    lr = float(cfg.learning_rate)
+    return lr * global_batch_size if cfg.get("scale_lr_by_batch", False) else lr
+
+
+def make_schedule(cfg, num_steps: int, global_batch_size: int = 1) -> optax.Schedule:
     """Linear warm-up, then constant or cosine decay to `cfg.final_lr_fraction` of the peak."""
     warmup = int(cfg.get("warmup_steps", 0))
-    peak = float(cfg.learning_rate)
+    peak = peak_learning_rate(cfg, global_batch_size)
     if cfg.get("schedule", "constant") == "constant":
         main = optax.constant_schedule(peak)
     elif cfg.schedule == "cosine":
@@ -45,9 +71,10 @@ def make_schedule(cfg, num_steps: int) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), main], [warmup])
 
 
-def make_optimizer(cfg, num_steps: int) -> optax.GradientTransformation:
-    """Adam or AdamW from `config.optim`, with optional global-norm clipping."""
-    schedule = make_schedule(cfg, num_steps)
+def make_optimizer(cfg, num_steps: int, global_batch_size: int = 1) -> optax.GradientTransformation:
+    """Adam or AdamW from `config.optim` (or `config.optim_d`), with optional global-norm
+    clipping; `global_batch_size` matters only with `cfg.scale_lr_by_batch`."""
+    schedule = make_schedule(cfg, num_steps, global_batch_size)
     if cfg.name == "adam":
         tx = optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.get("eps", 1e-8))
     elif cfg.name == "adamw":

@@ -16,25 +16,43 @@ import jax.numpy as jnp
 import optax
 
 from vqjax import losses, metrics as metrics_lib, quantizers
+from vqjax.nets.autoencoder import VQAutoencoder
 from vqjax.nets.vqvae import VQVAE
-from vqjax.state import TrainState, is_learned_codebook, trainable
+from vqjax.state import (TrainState, init_ema_params, is_learned_codebook, trainable,
+                         update_ema_params)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+MODELS = {"vqvae": VQVAE, "vqgan": VQAutoencoder}
 
 
-def build_model(model_cfg) -> VQVAE:
-    """The network named by `config.model` (its fields splatted into the constructor)."""
+def parse_dtype(name: str, field: str = "config.model.dtype") -> jnp.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"{field} is {name!r}; use one of {sorted(DTYPES)}.")
+    return DTYPES[name]
+
+
+def build_model(model_cfg):
+    """The network named by `config.model.name` (its other fields splatted into the
+    constructor): 'vqvae' (van den Oord et al.) or 'vqgan' (taming's autoencoder)."""
     fields = dict(model_cfg)
     name = fields.pop("name", "vqvae")
-    if name != "vqvae":
-        raise ValueError(f"config.model.name is {name!r}; this trainer knows 'vqvae'.")
-    dtype = fields.pop("dtype", "float32")
-    if dtype not in DTYPES:
-        raise ValueError(f"config.model.dtype is {dtype!r}; use one of {sorted(DTYPES)}.")
-    return VQVAE(dtype=DTYPES[dtype], **fields)
+    if name not in MODELS:
+        raise ValueError(f"config.model.name is {name!r}; use one of {sorted(MODELS)}.")
+    dtype = parse_dtype(fields.pop("dtype", "float32"))
+    try:
+        return MODELS[name](dtype=dtype, **fields)
+    except TypeError as err:  # an unknown field: name it and the model's real ones
+        raise ValueError(f"config.model does not fit model {name!r} ({err}).") from None
 
 
-def init_state(config, model: VQVAE, tx: optax.GradientTransformation, rng: jax.Array,
+def downsampling_factor(model) -> int:
+    """Image side / code-map side."""
+    if isinstance(model, VQAutoencoder):
+        return 2 ** (len(model.ch_mult) - 1)
+    return 2 ** model.num_downsamples
+
+
+def init_state(config, model, tx: optax.GradientTransformation, rng: jax.Array,
                images: jax.Array) -> TrainState:
     """A fresh TrainState; with `quantizer.init='kmeans++'` the codebook is fitted to the
     encoder outputs of `images` (the first training batch)."""
@@ -57,6 +75,7 @@ def init_state(config, model: VQVAE, tx: optax.GradientTransformation, rng: jax.
         params=params,
         opt_state=tx.init(trainable(params, codebook, learned)),
         codebook=codebook,
+        ema_params=init_ema_params(params, config.optim.get("params_ema_decay", 0.0)),
     )
 
 
@@ -89,8 +108,9 @@ def update_codebook(codebook: quantizers.CodebookState, learned_embedding, z: ja
                                          reset_count=qcfg.initial_count)
 
 
-def make_train_step(config, model: VQVAE, tx: optax.GradientTransformation) -> Callable:
+def make_train_step(config, model, tx: optax.GradientTransformation) -> Callable:
     qcfg = config.quantizer
+    ema_decay = float(config.optim.get("params_ema_decay", 0.0))
     learned = is_learned_codebook(qcfg)
     reconstruction_loss = losses.reconstruction_loss(config.loss.reconstruction)
     beta = float(qcfg.beta)
@@ -128,20 +148,21 @@ def make_train_step(config, model: VQVAE, tx: optax.GradientTransformation) -> C
             "codes_restarted": num_restarted.astype(jnp.float32),
             "grad_norm": optax.global_norm(grads),
         }
-        new_state = state.replace(step=step, params=weights["net"],
-                                  opt_state=opt_state, codebook=codebook)
+        new_state = state.replace(
+            step=step, params=weights["net"], opt_state=opt_state, codebook=codebook,
+            ema_params=update_ema_params(state.ema_params, weights["net"], ema_decay))
         return new_state, metrics
 
     return train_step
 
 
-def make_eval_step(config, model: VQVAE) -> Callable:
+def make_eval_step(config, model) -> Callable:
     """`eval_step(state, batch) -> sums`: masked sums over a batch, added up by the caller."""
     num_codes = config.quantizer.num_codes
 
     def eval_step(state: TrainState, batch: dict) -> dict:
         images, mask = batch["image"], batch["mask"]
-        reconstruction, _, q = forward(model, state.params, state.codebook.embedding, images)
+        reconstruction, _, q = forward(model, state.eval_params, state.codebook.embedding, images)
         mse = losses.l2_reconstruction(reconstruction, images)
         weights = jnp.broadcast_to(mask.reshape(mask.shape + (1,) * (q.indices.ndim - 1)),
                                    q.indices.shape)
@@ -155,11 +176,11 @@ def make_eval_step(config, model: VQVAE) -> Callable:
     return eval_step
 
 
-def make_reconstruct(model: VQVAE) -> Callable:
+def make_reconstruct(model) -> Callable:
     """`reconstruct(state, images) -> (reconstructions, code indices)`."""
 
     def reconstruct(state: TrainState, images: jax.Array):
-        reconstruction, _, q = forward(model, state.params, state.codebook.embedding, images)
+        reconstruction, _, q = forward(model, state.eval_params, state.codebook.embedding, images)
         return jnp.clip(reconstruction, -1.0, 1.0), q.indices
 
     return reconstruct

@@ -1,7 +1,9 @@
 """The training loop: mesh, data, state, checkpoints, logging, evaluation and final outputs.
 
 `train_and_evaluate(config, workdir)` runs a whole experiment and returns its final metrics;
-it is the one loop every model family reuses. Outputs in `workdir`:
+it is the one loop every model family reuses: the VQ-VAE family, and the VQGAN family when
+the config has a `disc` section (discriminator, `optim_d`, adversarial and perceptual losses).
+Outputs in `workdir`:
   config.json            the resolved config
   checkpoints/           Orbax checkpoints (async; the newest `train.keep_checkpoints` kept)
   tensorboard/           TensorBoard scalars
@@ -11,12 +13,13 @@ it is the one loop every model family reuses. Outputs in `workdir`:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import signal
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -25,11 +28,57 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from vqjax import data as data_lib
-from vqjax import parallel, state as state_lib, steps
+from vqjax import gan, parallel, state as state_lib, steps
+from vqjax.nets import lpips
 
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss or gradient."""
+
+
+# ----------------------------------------------------------------------------------------
+# Model families.
+
+
+def is_gan(config) -> bool:
+    """A config with a `disc` section trains adversarially (VQGAN)."""
+    return "disc" in config
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """What differs between model families; the loop is shared.
+
+    create(rng, images) -> a fresh state; train_step(state, batch, *frozen) -> (state,
+    metrics), `frozen` being arrays the step reads but never trains (the LPIPS weights).
+    """
+
+    create: Callable
+    train_step: Callable
+    frozen: tuple
+
+
+def build_family(config, model, num_steps: int) -> Family:
+    global_batch = int(config.data.batch_size)
+    tx = state_lib.make_optimizer(config.optim, num_steps, global_batch)
+    if not is_gan(config):
+        return Family(create=lambda rng, images: steps.init_state(config, model, tx, rng, images),
+                      train_step=steps.make_train_step(config, model, tx), frozen=())
+
+    disc = gan.build_discriminator(config.disc)
+    tx_d = state_lib.make_optimizer(config.optim_d, num_steps, global_batch)
+    perceptual, perceptual_params = None, None
+    if config.loss.perceptual_weight > 0:
+        perceptual, perceptual_params = lpips.LPIPS(), lpips.load_params(config.loss.lpips_path)
+
+    def create(rng, images):
+        model_rng, disc_rng = jax.random.split(rng)
+        base = steps.init_state(config, model, tx, model_rng, images)
+        return gan.init_gan_state(base, disc, tx_d, disc_rng, images)
+
+    return Family(create=create,
+                  train_step=gan.make_gan_train_step(config, model, disc, tx, tx_d, perceptual),
+                  frozen=(perceptual_params,))
 
 
 # ----------------------------------------------------------------------------------------
@@ -221,7 +270,9 @@ class _Logger:
 
 
 def check_finite(step: int, metrics: dict, last_checkpoint: Optional[int]) -> None:
-    for name in ("loss", "grad_norm"):
+    for name in ("loss", "grad_norm", "d_loss", "disc_grad_norm"):
+        if name not in metrics:
+            continue
         value = float(metrics[name])
         if not math.isfinite(value):
             where = (f"the last good checkpoint is step {last_checkpoint}" if last_checkpoint
@@ -231,6 +282,14 @@ def check_finite(step: int, metrics: dict, last_checkpoint: Optional[int]) -> No
                 "config.optim.learning_rate or set config.optim.grad_clip_norm, then run again "
                 "with the same --workdir to resume."
             )
+
+
+PROGRESS_KEYS = {"loss": "loss", "d_loss": "d", "adaptive_weight": "w", "perplexity": "ppl",
+                 "codes_used_recent": "used", "images_per_sec": "img/s"}
+
+
+def progress_summary(metrics: dict) -> dict:
+    return {short: metrics[name] for name, short in PROGRESS_KEYS.items() if name in metrics}
 
 
 # ----------------------------------------------------------------------------------------
@@ -269,9 +328,10 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
     replicated = parallel.replicated(mesh)
     num_steps = int(config.train.num_steps)
     model = steps.build_model(config.model)
-    tx = state_lib.make_optimizer(config.optim, num_steps)
-    train_step = jax.jit(steps.make_train_step(config, model, tx), donate_argnums=0,
-                         out_shardings=(replicated, replicated))
+    family = build_family(config, model, num_steps)
+    frozen = jax.device_put(family.frozen, replicated)
+    compiled_step = jax.jit(family.train_step, donate_argnums=0, out_shardings=(replicated, replicated))
+    train_step = lambda state, batch: compiled_step(state, batch, *frozen)
     eval_step = jax.jit(steps.make_eval_step(config, model), out_shardings=replicated)
     # Replicated output: every process holds all reconstructions, and the first rows are
     # process 0's own images.
@@ -281,8 +341,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
     manager = checkpoint_manager(workdir, config.train.keep_checkpoints)
     first_batch = parallel.to_global(
         next(data_lib.make_dataset(config.data, config.data.train_split, train=True)), mesh)
-    create = jax.jit(lambda rng, images: steps.init_state(config, model, tx, rng, images),
-                     out_shardings=replicated)
+    create = jax.jit(family.create, out_shardings=replicated)
     init_rng = jax.random.key(config.seed)
     abstract_state = abstract_like(jax.eval_shape(create, init_rng, first_batch["image"]), replicated)
     latest = manager.latest_step()
@@ -293,7 +352,9 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
         state = create(init_rng, first_batch["image"])
         if config.get("init_from"):
             params, codebook = load_params_from(config.init_from, abstract_state)
-            state = state.replace(params=params, codebook=codebook)
+            # The weight average, if any, restarts from the loaded weights too.
+            ema_params = None if state.ema_params is None else jax.tree.map(jnp.copy, params)
+            state = state.replace(params=params, codebook=codebook, ema_params=ema_params)
             logging.info("Initialised params and codebook from %s.", config.init_from)
     start_step = int(state.step)
     if is_main:
@@ -330,9 +391,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
                 host_metrics["images_per_sec"] = (step - last_log_step) * images_per_step / (now - last_log_time)
                 last_log_time, last_log_step = now, step
                 logger.scalars(step, host_metrics, "train/")
-                logger.progress(step, {
-                    "loss": host_metrics["loss"], "ppl": host_metrics["perplexity"],
-                    "used": host_metrics["codes_used_recent"], "img/s": host_metrics["images_per_sec"]})
+                logger.progress(step, progress_summary(host_metrics))
 
             if step % config.train.eval_steps == 0 and step != num_steps:
                 eval_metrics = evaluate(eval_step, state, config, mesh)
@@ -360,7 +419,11 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
     # None when this invocation trained for fewer than two steps (nothing timed after compiling).
     final["images_per_sec"] = timing["images"] / train_seconds if timing["images"] else None
     if metrics is not None:
-        final["train_loss"] = float(jax.device_get(metrics["loss"]))
+        last = jax.device_get(metrics)
+        final["train_loss"] = float(last["loss"])
+        for name in ("g_loss", "d_loss"):  # the GAN family's two objectives at the last step
+            if name in last:
+                final[name] = float(last[name])
     save_reconstructions(reconstruct, state, config, mesh, os.path.join(workdir, "reconstructions.png"))
     if is_main:
         write_json(os.path.join(workdir, "metrics.json"), final)

@@ -65,6 +65,8 @@ def vqvae_base() -> ml_collections.ConfigDict:
         warmup_steps=0,
         final_lr_fraction=0.0,
         grad_clip_norm=0.0,
+        scale_lr_by_batch=False,  # taming: learning_rate * global batch size
+        params_ema_decay=0.0,  # > 0: evaluate an exponential moving average of the weights
     )
     config.train = dict(
         num_steps=100_000,
@@ -80,11 +82,61 @@ def vqvae_base() -> ml_collections.ConfigDict:
     return config
 
 
+def vqgan_base() -> ml_collections.ConfigDict:
+    """taming-transformers' VQGAN (VQModel + VQLPIPSWithDiscriminator) defaults, at the
+    ImageNet f16 size; experiment files change what they need."""
+    config = vqvae_base()
+    config.model = dict(
+        name="vqgan",
+        ch=128,
+        ch_mult=(1, 1, 2, 2, 4),
+        num_res_blocks=2,
+        attn_resolutions=(16,),
+        z_channels=256,
+        embed_dim=256,
+        resolution=256,  # attention levels are picked from this, as in taming
+        in_channels=3,
+        out_ch=3,
+        dropout=0.0,
+        dtype="float32",
+    )
+    # taming's VectorQuantizer2: a codebook learned by loss, beta 0.25, uniform(-1/K, 1/K)
+    # init. Dead-code restarts are our addition (taming has none); set
+    # quantizer.dead_code_threshold=0 for its exact behaviour.
+    config.quantizer.kind = "vq"
+    config.quantizer.num_codes = 1024
+    config.disc = dict(ndf=64, n_layers=3, norm="batch", dtype="float32")
+    config.loss = dict(
+        reconstruction="l1",
+        perceptual_weight=1.0,  # LPIPS; needs lpips_path (python -m vqjax.convert lpips)
+        lpips_path="",
+        gan_loss="hinge",  # 'hinge' | 'non_saturating' (taming's 'vanilla') | 'least_squares'
+        disc_weight=0.8,
+        adaptive_weight=True,  # taming's ||grad rec|| / ||grad gan|| at decoder/conv_out
+        disc_start=250_001,  # first step the discriminator learns
+        gen_adv_start=250_001,  # first step its signal reaches the generator (>= disc_start)
+        legacy_beta=False,  # True: taming's VectorQuantizer2(legacy=True) beta placement
+        lecam_weight=0.0,
+        lecam_decay=0.999,
+        r1_gamma=0.0,
+    )
+    # taming: Adam(0.5, 0.9) for both, lr = 4.5e-6 * global batch.
+    config.optim.update(learning_rate=4.5e-6, scale_lr_by_batch=True, b1=0.5, b2=0.9)
+    config.optim_d = dict(config.optim)
+    return config
+
+
 def shrink_for_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A few seconds of training with a tiny model: what the tests run."""
-    config.model.hidden_channels = 16
-    config.model.residual_channels = 8
-    config.model.num_residual_blocks = 1
+    if config.model.name == "vqgan":
+        config.model.update(ch=32, ch_mult=(1, 1), num_res_blocks=1, attn_resolutions=(8,),
+                            z_channels=8, resolution=config.data.image_size)
+        config.disc.update(ndf=8, n_layers=2)
+        config.loss.update(perceptual_weight=0.0, disc_start=1, gen_adv_start=2)
+    else:
+        config.model.hidden_channels = 16
+        config.model.residual_channels = 8
+        config.model.num_residual_blocks = 1
     config.model.embed_dim = 8
     config.quantizer.num_codes = 32
     config.quantizer.init = "uniform"

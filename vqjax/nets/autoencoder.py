@@ -100,6 +100,10 @@ class VQAutoencoder(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):
+        widths = [self.ch * m for m in self.ch_mult]
+        if any(w % 32 for w in widths):
+            raise ValueError(f"The autoencoder's widths ch * ch_mult = {widths} must be multiples "
+                             "of 32 (GroupNorm with 32 groups); change ch or ch_mult.")
         sizes = dict(ch=self.ch, ch_mult=tuple(self.ch_mult), num_res_blocks=self.num_res_blocks,
                      attn_resolutions=tuple(self.attn_resolutions), z_channels=self.z_channels,
                      resolution=self.resolution, dropout=self.dropout, dtype=self.dtype)
