@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vqjax.nets.autoencoder import Decoder, Encoder, VQAutoencoder
+from tests.helpers import load_config
+from vqjax import gan, steps
+from vqjax.nets.autoencoder import Decoder, Encoder
 from vqjax.nets.discriminator import NLayerDiscriminator
 
 torch = pytest.importorskip("torch")
@@ -58,22 +60,37 @@ def _load_torch_weights(module, params):
     return params
 
 
-@pytest.mark.parametrize("sizes", [IMAGENET_F16], ids=["imagenet_f16"])
-def test_parameter_counts_equal_taming(sizes):
+# taming's published settings, written out from its YAML files (not from our configs):
+# (ddconfig, embed_dim, n_embed, disc_num_layers).
+TAMING_RELEASES = {
+    "vqgan_imagenet_f16_1024": (IMAGENET_F16, 256, 1024, 3),  # configs/imagenet_vqgan.yaml
+    "vqgan_imagenet_f16_16384": (IMAGENET_F16, 256, 16384, 2),  # released model.yaml
+    "vqgan_ffhq_f16_1024": (IMAGENET_F16, 256, 1024, 3),  # configs/faceshq_vqgan.yaml
+}
+
+
+@pytest.mark.parametrize("name", sorted(TAMING_RELEASES))
+def test_parameter_counts_equal_taming(name):
+    sizes, embed_dim, num_codes, disc_layers = TAMING_RELEASES[name]
     torch_encoder = taming_model.Encoder(**_taming_ddconfig(sizes))
     torch_decoder = taming_model.Decoder(**_taming_ddconfig(sizes))
-    embed_dim, num_codes = 256, 1024
     taming_total = (_torch_count(torch_encoder) + _torch_count(torch_decoder)
                     + (sizes["z_channels"] * embed_dim + embed_dim)  # quant_conv
                     + (embed_dim * sizes["z_channels"] + sizes["z_channels"]))  # post_quant_conv
-    model = VQAutoencoder(embed_dim=embed_dim, **sizes)
+    config = load_config(name)
+    model = steps.build_model(config.model)
     params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 256, 256, 3)))["params"]
     assert _count(params["encoder"]) == _torch_count(torch_encoder)
     assert _count(params["decoder"]) == _torch_count(torch_decoder)
     assert _count(params) == taming_total
     # taming's quantizer holds only the codebook; ours is a CodebookState of the same size.
     quantize = pytest.importorskip("taming.modules.vqvae.quantize")
-    assert _torch_count(quantize.VectorQuantizer2(num_codes, embed_dim, beta=0.25)) == num_codes * embed_dim
+    assert config.quantizer.num_codes * config.model.embed_dim == _torch_count(
+        quantize.VectorQuantizer2(num_codes, embed_dim, beta=0.25))
+    torch_disc = taming_disc.NLayerDiscriminator(input_nc=3, ndf=64, n_layers=disc_layers)
+    disc = gan.build_discriminator(config.disc)
+    disc_params = jax.eval_shape(disc.init, jax.random.key(0), jnp.zeros((1, 256, 256, 3)))["params"]
+    assert _count(disc_params) == _torch_count(torch_disc)
 
 
 def test_encoder_and_decoder_compute_taming_functions():

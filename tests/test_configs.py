@@ -19,7 +19,7 @@ def test_config_builds_its_model(name, arg):
     config.quantizer.init = "uniform"  # shapes only: k-means needs real encoder outputs
     abstract = jax.eval_shape(lambda: steps.init_state(config, model, tx, jax.random.key(0), images))
     assert abstract.codebook.embedding.shape == (config.quantizer.num_codes, config.model.embed_dim)
-    latent = config.data.image_size // 2**config.model.num_downsamples
+    latent = config.data.image_size // steps.downsampling_factor(model)
     z = jax.eval_shape(lambda p: model.apply({"params": p}, images, method=model.encode), abstract.params)
     assert z.shape == (2, latent, latent, config.model.embed_dim)
     with pytest.raises(AttributeError):
@@ -34,3 +34,27 @@ def test_cifar10_config_has_the_papers_settings():
     assert config.quantizer.kind == "ema"
     assert config.optim.name == "adam" and config.optim.learning_rate == 2e-4
     assert config.data.batch_size == 128
+
+
+def test_vqgan_configs_have_tamings_settings():
+    for name in ("vqgan_imagenet_f16_1024", "vqgan_imagenet_f16_16384", "vqgan_ffhq_f16_1024"):
+        config = load_config(name)
+        assert config.optim.b1 == config.optim_d.b1 == 0.5 and config.optim.b2 == config.optim_d.b2 == 0.9
+        assert config.optim.learning_rate == 4.5e-6 and config.optim.scale_lr_by_batch
+        assert state_lib.peak_learning_rate(config.optim, 12) == pytest.approx(5.4e-5)
+        assert config.loss.reconstruction == "l1" and config.loss.perceptual_weight == 1.0
+        assert config.loss.gan_loss == "hinge" and config.loss.adaptive_weight
+        assert config.quantizer.kind == "vq" and config.quantizer.beta == 0.25 and config.loss.legacy_beta
+    f16_16384 = load_config("vqgan_imagenet_f16_16384")
+    assert (f16_16384.loss.disc_start, f16_16384.loss.disc_weight, f16_16384.disc.n_layers) == (0, 0.75, 2)
+    assert load_config("vqgan_imagenet_f16_1024").loss.disc_start == 250_001
+    assert load_config("vqgan_ffhq_f16_1024").loss.disc_start == 30_001
+
+
+@pytest.mark.parametrize("lr_scaled", [False, True])
+def test_learning_rate_scaling_by_global_batch(lr_scaled):
+    config = load_config("vqgan_quickstart")
+    config.optim.scale_lr_by_batch = lr_scaled
+    schedule = state_lib.make_schedule(config.optim, 10, global_batch_size=32)
+    expected = config.optim.learning_rate * (32 if lr_scaled else 1)
+    assert float(schedule(0)) == pytest.approx(expected)

@@ -9,7 +9,8 @@ import optax
 import pytest
 
 from tests.helpers import load_config
-from vqjax import gan, steps
+from vqjax import gan, steps, trainer
+from vqjax.nets import lpips
 from vqjax.nets.autoencoder import VQAutoencoder
 from vqjax.nets.discriminator import NLayerDiscriminator
 
@@ -82,11 +83,59 @@ def test_no_running_statistics_with_group_norm_and_r1():
     assert metrics["r1"] > 0 and np.isfinite(metrics["d_loss"])
 
 
-def test_warmup_order_and_missing_lpips_are_sentences():
+def test_warmup_order_is_checked():
     config = _config(disc_start=5, gen_adv_start=2)
     model, disc, tx_g, tx_d, _, _ = _setup(config)
     with pytest.raises(ValueError, match="gen_adv_start"):
         gan.make_gan_train_step(config, model, disc, tx_g, tx_d)
-    config = _config(perceptual_weight=1.0)
-    with pytest.raises(ValueError, match="perceptual_weight"):
+
+
+def test_adaptive_weight_and_gradients_against_explicit_differentiation():
+    config = _config(disc_start=0, gen_adv_start=0, lecam_weight=0.0)
+    model, disc, tx_g, tx_d, state, images = _setup(config, norm="group")
+    _, metrics = jax.jit(gan.make_gan_train_step(config, model, disc, tx_g, tx_d))(state, {"image": images})
+    rng = jax.random.fold_in(state.step_rng(), 0)
+
+    def terms(params):
+        reconstruction, _, q = steps.forward(model, params, state.codebook.embedding, images, train=True, rng=rng)
+        rec = jnp.mean(jnp.abs(reconstruction - images))
+        g_adv = -jnp.mean(disc.apply({"params": state.disc_params}, reconstruction, train=True))
+        return rec, 0.25 * jnp.mean(q.commitment_loss), g_adv  # EMA codebook: only beta * commitment
+
+    rec_grads = jax.grad(lambda p: terms(p)[0])(state.params)
+    adv_grads = jax.grad(lambda p: terms(p)[2])(state.params)
+    last = lambda g: g["decoder"]["conv_out"]["kernel"]  # taming's decoder.conv_out.weight
+    expected = 0.8 * np.linalg.norm(last(rec_grads)) / (np.linalg.norm(last(adv_grads)) + 1e-4)
+    np.testing.assert_allclose(metrics["adaptive_weight"], expected, rtol=1e-4)
+    total_grads = jax.grad(lambda p: terms(p)[0] + terms(p)[1] + expected * terms(p)[2])(state.params)
+    np.testing.assert_allclose(metrics["grad_norm"], optax.global_norm(total_grads), rtol=1e-4)
+
+
+def test_perceptual_term_in_the_step(tmp_path):
+    config = _config(perceptual_weight=0.5)
+    model, disc, tx_g, tx_d, state, images = _setup(config)
+    perceptual = lpips.LPIPS()
+    # Random positive heads: a real file's layout without the download.
+    params = perceptual.init(jax.random.key(3), images, images)["params"]
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, x: jnp.abs(x) if p[0].key.startswith("lin_") else x, params)
+    with pytest.raises(ValueError, match="LPIPS"):
         gan.make_gan_train_step(config, model, disc, tx_g, tx_d)
+    step = jax.jit(gan.make_gan_train_step(config, model, disc, tx_g, tx_d, perceptual))
+    _, metrics = step(state, {"image": images}, params)
+    reconstruction, _, _ = steps.forward(model, state.params, state.codebook.embedding, images, train=True,
+                                         rng=jax.random.fold_in(state.step_rng(), 0))
+    expected = jnp.mean(perceptual.apply({"params": params}, images, reconstruction))
+    np.testing.assert_allclose(metrics["perceptual_loss"], expected, rtol=1e-4)
+    np.testing.assert_allclose(metrics["recon_loss"], metrics["pixel_loss"] + 0.5 * expected, rtol=1e-5)
+    assert metrics["perceptual_loss"] > 0
+
+
+def test_trainer_without_lpips_weights_says_how_to_make_them(tmp_path):
+    config = load_config("vqgan_quickstart", "smoke")
+    config.loss.perceptual_weight = 1.0
+    with pytest.raises(ValueError, match="python -m vqjax.convert lpips"):
+        trainer.train_and_evaluate(config, str(tmp_path))
+    config.loss.lpips_path = str(tmp_path / "missing.msgpack")
+    with pytest.raises(ValueError, match="not a file"):
+        trainer.train_and_evaluate(config, str(tmp_path))

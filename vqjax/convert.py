@@ -35,8 +35,8 @@ def _take(state_dict: dict, key: str, source: str) -> np.ndarray:
 
 def _vgg_key(vgg_state: dict, index: int, stage: int, leaf: str) -> str:
     """torchvision's `features.{i}.*`, or the `net.slice{s}.{i}.*` of a saved lpips.LPIPS."""
-    torchvision_key = f"features.{index}.{leaf}"
-    return torchvision_key if torchvision_key in vgg_state else f"net.slice{stage}.{index}.{leaf}"
+    lpips_key = f"net.slice{stage}.{index}.{leaf}"
+    return lpips_key if lpips_key in vgg_state else f"features.{index}.{leaf}"
 
 
 def lpips_params_from_torch(vgg_state: dict, lin_state: dict) -> dict:

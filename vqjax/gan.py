@@ -38,9 +38,10 @@ class GANTrainState(TrainState):
 
 
 def last_decoder_layer(grads: Any) -> Any:
-    """The decoder's output convolution, where taming measures the adaptive weight."""
+    """The kernel of the decoder's output convolution (taming's `decoder.conv_out.weight`),
+    where the adaptive weight is measured."""
     try:
-        return grads["decoder"]["conv_out"]
+        return grads["decoder"]["conv_out"]["kernel"]
     except (KeyError, TypeError):
         raise ValueError("The adaptive GAN weight needs a decoder whose last layer is "
                          "`decoder/conv_out` (the VQGAN autoencoder, model.name='vqgan').") from None
@@ -105,20 +106,26 @@ def make_gan_train_step(config, model: nn.Module, disc: nn.Module,
                                      train=True, mutable=["batch_stats"])
         return logits, updates["batch_stats"]
 
-    def generator_terms(weights, state, images, rng, perceptual_params):
+    def generator_forward(weights, state, images, rng):
+        """(reconstruction, vq loss), with the codes as auxiliary outputs."""
         codebook = weights["codebook"] if learned else state.codebook.embedding
         reconstruction, z, q = forward(model, weights["net"], codebook, images, train=True, rng=rng)
-        # taming's nll: mean over the batch of |x - x'| + w_p * LPIPS(x, x').
-        rec = jnp.mean(reconstruction_loss(reconstruction, images))
-        if lcfg.perceptual_weight > 0:
-            p_loss = jnp.mean(perceptual.apply({"params": perceptual_params}, images, reconstruction))
-            rec = rec + lcfg.perceptual_weight * p_loss
         codebook_term = q.codebook_loss if learned else jnp.zeros_like(q.codebook_loss)
         vq = losses.vq_loss(codebook_term, q.commitment_loss, qcfg.beta, lcfg.legacy_beta)
+        return (reconstruction, vq), (z, q.indices)
+
+    def reconstruction_terms(reconstruction, images, perceptual_params):
+        """taming's nll: mean of |x - x'| + w_p * LPIPS(x, x')."""
+        pixel = jnp.mean(reconstruction_loss(reconstruction, images))
+        p_loss = jnp.zeros(())
+        if lcfg.perceptual_weight > 0:
+            p_loss = jnp.mean(perceptual.apply({"params": perceptual_params}, images, reconstruction))
+        return pixel + lcfg.perceptual_weight * p_loss, (pixel, p_loss)
+
+    def adversarial_term(reconstruction, state):
         # The generator's pass leaves the discriminator's statistics alone.
         logits_fake, _ = run_disc(state.disc_params, state.disc_batch_stats, reconstruction)
-        g_adv = losses.generator_loss(lcfg.gan_loss, logits_fake)
-        return (rec + vq, g_adv), (reconstruction, z, q.indices, rec, vq)
+        return losses.generator_loss(lcfg.gan_loss, logits_fake)
 
     def train_step(state: GANTrainState, batch: dict,
                    perceptual_params: Any = None) -> tuple[GANTrainState, dict]:
@@ -126,19 +133,27 @@ def make_gan_train_step(config, model: nn.Module, disc: nn.Module,
         rng = state.step_rng()
         weights = trainable(state.params, state.codebook, learned)
 
-        # --- Generator: one forward pass, two backward passes (one per loss term).
-        (nll, g_adv), vjp_fn, (reconstruction, z, indices, rec, vq) = jax.vjp(
-            lambda w: generator_terms(w, state, images, jax.random.fold_in(rng, 0), perceptual_params),
+        # --- Generator: one forward and one full backward pass. Both loss terms are
+        # differentiated up to the reconstruction only; pulled back to the decoder's last
+        # layer for the adaptive weight (XLA drops the rest of those two backward passes as
+        # dead code), and once, combined, through the whole network.
+        (reconstruction, vq), pull_back, (z, indices) = jax.vjp(
+            lambda w: generator_forward(w, state, images, jax.random.fold_in(rng, 0)),
             weights, has_aux=True)
-        (nll_grads,) = vjp_fn((jnp.ones_like(nll), jnp.zeros_like(g_adv)))
-        (adv_grads,) = vjp_fn((jnp.zeros_like(nll), jnp.ones_like(g_adv)))
+        (rec, (pixel_loss, p_loss)), rec_cotangent = jax.value_and_grad(
+            reconstruction_terms, has_aux=True)(reconstruction, images, perceptual_params)
+        g_adv, adv_cotangent = jax.value_and_grad(adversarial_term)(reconstruction, state)
+        no_vq = jnp.zeros_like(vq)
         if lcfg.adaptive_weight:
-            d_weight = losses.adaptive_weight(last_decoder_layer(nll_grads["net"]),
+            (rec_grads,) = pull_back((rec_cotangent, no_vq))
+            (adv_grads,) = pull_back((adv_cotangent, no_vq))
+            d_weight = losses.adaptive_weight(last_decoder_layer(rec_grads["net"]),
                                               last_decoder_layer(adv_grads["net"]), lcfg.disc_weight)
         else:
             d_weight = jnp.float32(lcfg.disc_weight)
         g_factor = losses.warmup_factor(state.step, lcfg.gen_adv_start)
-        g_grads = jax.tree.map(lambda a, b: a + d_weight * g_factor * b, nll_grads, adv_grads)
+        adv_scale = d_weight * g_factor
+        (g_grads,) = pull_back((rec_cotangent + adv_scale * adv_cotangent, jnp.ones_like(vq)))
         updates, opt_state = tx_g.update(g_grads, state.opt_state, weights)
         weights = optax.apply_updates(weights, updates)
 
@@ -181,12 +196,14 @@ def make_gan_train_step(config, model: nn.Module, disc: nn.Module,
             jax.random.fold_in(rng, 1), qcfg)
 
         counts = quantizers.code_counts(indices, qcfg.num_codes)
-        g_loss = nll + d_weight * g_factor * g_adv
+        g_loss = rec + vq + adv_scale * g_adv
         metrics = {
             "loss": g_loss,
             "g_loss": g_loss,
             "d_loss": d_factor * d_loss,
-            "recon_loss": rec,
+            "recon_loss": rec,  # pixel + perceptual_weight * perceptual
+            "pixel_loss": pixel_loss,
+            "perceptual_loss": p_loss,
             "vq_loss": vq,
             "g_adv_loss": g_adv,
             "adaptive_weight": d_weight,

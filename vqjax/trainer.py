@@ -255,8 +255,9 @@ class _Logger:
 
     def progress(self, step: int, postfix: dict) -> None:
         if self.bar is not None:
-            self.bar.update(step - self.bar.n)
+            # Postfix first: update() draws the bar, and should draw this step's values.
             self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+            self.bar.update(step - self.bar.n)
 
     def write(self, line: str) -> None:
         if self.is_main:

@@ -5,8 +5,8 @@ No download, a few minutes on two CPU cores:
 
 taming's architecture at a small size (f = 4: 32x32 images -> 8x8 codes, 128 codes), L1
 reconstruction, EMA codebook with dead-code restarts, a PatchGAN discriminator that starts
-learning at step 250 and reaches the generator (through taming's adaptive weight) from step
-400. No perceptual loss: the LPIPS weights are not shipped (see vqgan_cifar10.py to add them).
+learning at step 200 and reaches the generator (through taming's adaptive weight) from step
+300 of 600. No perceptual loss: the LPIPS weights are not shipped (see vqgan_cifar10.py to add them).
 Arg `smoke` shrinks everything to seconds.
 """
 
@@ -20,15 +20,15 @@ def get_config(arg=None):
     config.data.crop = "random"
     config.data.batch_size = 32
     config.data.eval_batch_size = 250
-    config.model.update(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
+    config.model.update(ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, attn_resolutions=(),
                         z_channels=32, embed_dim=32, resolution=32)
     config.quantizer.kind = "ema"
     config.quantizer.num_codes = 128
     config.disc.update(ndf=32, n_layers=2)
-    config.loss.update(perceptual_weight=0.0, disc_start=250, gen_adv_start=400)
+    config.loss.update(perceptual_weight=0.0, disc_start=200, gen_adv_start=300)
     config.optim.update(learning_rate=1e-3, scale_lr_by_batch=False)
     config.optim_d.update(learning_rate=2e-4, scale_lr_by_batch=False)
-    config.train.update(num_steps=800, log_steps=50, eval_steps=400, ckpt_steps=400)
+    config.train.update(num_steps=600, log_steps=50, eval_steps=300, ckpt_steps=300)
     if arg == "smoke":
         config = common.shrink_for_smoke(config)
     return config
