@@ -21,7 +21,7 @@ def _config(**loss):
     config.quantizer.init = "uniform"
     config.loss = ml_collections.ConfigDict(dict(
         reconstruction="l1", perceptual_weight=0.0, gan_loss="hinge", disc_weight=0.8,
-        adaptive_weight=True, disc_start=2, gen_adv_start=3, legacy_beta=False,
+        adaptive_weight=True, disc_start=2, gen_adv_delay=1, legacy_beta=False,
         lecam_weight=0.1, lecam_decay=0.9, r1_gamma=0.0))
     config.loss.update(loss)
     return config
@@ -63,7 +63,7 @@ def test_generator_and_discriminator_step_together_compiled_once():
 
 
 def test_batch_statistics_come_from_the_discriminator_pass_only():
-    config = _config(disc_start=0, gen_adv_start=0)
+    config = _config(disc_start=0, gen_adv_delay=0)
     model, disc, tx_g, tx_d, state, images = _setup(config)
     new_state, _ = jax.jit(gan.make_gan_train_step(config, model, disc, tx_g, tx_d))(state, {"image": images})
     # Recompute: real images, then this step's reconstructions, through the pre-step discriminator.
@@ -76,7 +76,7 @@ def test_batch_statistics_come_from_the_discriminator_pass_only():
 
 
 def test_no_running_statistics_with_group_norm_and_r1():
-    config = _config(disc_start=0, gen_adv_start=0, r1_gamma=1.0, gan_loss="non_saturating")
+    config = _config(disc_start=0, gen_adv_delay=0, r1_gamma=1.0, gan_loss="non_saturating")
     model, disc, tx_g, tx_d, state, images = _setup(config, norm="group")
     assert state.disc_batch_stats == {}
     _, metrics = jax.jit(gan.make_gan_train_step(config, model, disc, tx_g, tx_d))(state, {"image": images})
@@ -84,14 +84,14 @@ def test_no_running_statistics_with_group_norm_and_r1():
 
 
 def test_warmup_order_is_checked():
-    config = _config(disc_start=5, gen_adv_start=2)
+    config = _config(gen_adv_delay=-1)
     model, disc, tx_g, tx_d, _, _ = _setup(config)
-    with pytest.raises(ValueError, match="gen_adv_start"):
+    with pytest.raises(ValueError, match="gen_adv_delay"):
         gan.make_gan_train_step(config, model, disc, tx_g, tx_d)
 
 
 def test_adaptive_weight_and_gradients_against_explicit_differentiation():
-    config = _config(disc_start=0, gen_adv_start=0, lecam_weight=0.0)
+    config = _config(disc_start=0, gen_adv_delay=0, lecam_weight=0.0)
     model, disc, tx_g, tx_d, state, images = _setup(config, norm="group")
     _, metrics = jax.jit(gan.make_gan_train_step(config, model, disc, tx_g, tx_d))(state, {"image": images})
     rng = jax.random.fold_in(state.step_rng(), 0)

@@ -1,11 +1,11 @@
 """The VQGAN train step: generator (autoencoder + codebook) and discriminator updated in one
 jit-compiled function, as in taming-transformers' `VQLPIPSWithDiscriminator`.
 
-Generator loss: `rec + w_p * LPIPS + vq + lambda * f_G(step) * L_G`, with lambda taming's adaptive weight
-(gradient norms of the two terms at the decoder's last layer) and f_G the warm-up of the
-adversarial term (`loss.gen_adv_start`). Discriminator loss: `f_D(step) * (L_D + w_lecam *
-LeCam) + gamma / 2 * R1`, f_D switching on at `loss.disc_start <= loss.gen_adv_start`, so the
-discriminator can learn before its signal reaches the generator.
+Generator loss: `rec + w_p * LPIPS + vq + lambda * f_G(step) * L_G`, with lambda taming's
+adaptive weight (gradient norms of the two terms at the decoder's last layer). Discriminator
+loss: `f_D(step) * (L_D + w_lecam * LeCam) + gamma / 2 * R1`. The warm-ups f_D and f_G switch
+on at `loss.disc_start` and `loss.gen_adv_delay` steps later: with a delay > 0 the
+discriminator learns before its signal reaches the generator (taming: no delay).
 
 Batch-norm statistics of the discriminator are explicit state; they change only in the
 discriminator's own pass (real, then fake, as taming calls it) and only once it trains.
@@ -49,11 +49,10 @@ def last_decoder_layer(grads: Any) -> Any:
 
 def check_loss_config(lcfg) -> None:
     losses.check_gan_loss(lcfg.gan_loss)
-    if lcfg.gen_adv_start < lcfg.disc_start:
+    if lcfg.gen_adv_delay < 0:
         raise ValueError(
-            f"config.loss.gen_adv_start ({lcfg.gen_adv_start}) is before config.loss.disc_start "
-            f"({lcfg.disc_start}): the generator would learn from an untrained discriminator; "
-            "set gen_adv_start >= disc_start."
+            f"config.loss.gen_adv_delay is {lcfg.gen_adv_delay}; it counts the steps the "
+            "discriminator trains before its signal reaches the generator, 0 or more."
         )
 
 
@@ -151,7 +150,7 @@ def make_gan_train_step(config, model: nn.Module, disc: nn.Module,
                                               last_decoder_layer(adv_grads["net"]), lcfg.disc_weight)
         else:
             d_weight = jnp.float32(lcfg.disc_weight)
-        g_factor = losses.warmup_factor(state.step, lcfg.gen_adv_start)
+        g_factor = losses.warmup_factor(state.step, lcfg.disc_start + lcfg.gen_adv_delay)
         adv_scale = d_weight * g_factor
         (g_grads,) = pull_back((rec_cotangent + adv_scale * adv_cotangent, jnp.ones_like(vq)))
         updates, opt_state = tx_g.update(g_grads, state.opt_state, weights)

@@ -114,7 +114,9 @@ def vqgan_base() -> ml_collections.ConfigDict:
         disc_weight=0.8,
         adaptive_weight=True,  # taming's ||grad rec|| / ||grad gan|| at decoder/conv_out
         disc_start=250_001,  # first step the discriminator learns
-        gen_adv_start=250_001,  # first step its signal reaches the generator (>= disc_start)
+        # Steps the discriminator trains before its signal reaches the generator (taming: 0),
+        # so that the generator never learns from an untrained discriminator.
+        gen_adv_delay=0,
         legacy_beta=False,  # True: taming's VectorQuantizer2(legacy=True) beta placement
         lecam_weight=0.0,
         lecam_decay=0.999,
@@ -132,7 +134,7 @@ def shrink_for_smoke(config: ml_collections.ConfigDict) -> ml_collections.Config
         config.model.update(ch=32, ch_mult=(1, 1), num_res_blocks=1, attn_resolutions=(8,),
                             z_channels=8, resolution=config.data.image_size)
         config.disc.update(ndf=8, n_layers=2)
-        config.loss.update(perceptual_weight=0.0, disc_start=1, gen_adv_start=2)
+        config.loss.update(perceptual_weight=0.0, disc_start=1, gen_adv_delay=1)
     else:
         config.model.hidden_channels = 16
         config.model.residual_channels = 8

@@ -33,7 +33,7 @@ def get_config(arg=None):
     config.quantizer.kind = "ema"
     config.quantizer.num_codes = 1024
     config.disc.update(ndf=64, n_layers=2)
-    config.loss.update(perceptual_weight=1.0, disc_start=10_000, gen_adv_start=10_000)
+    config.loss.update(perceptual_weight=1.0, disc_start=10_000, gen_adv_delay=0)
     config.optim.update(learning_rate=2e-4, scale_lr_by_batch=False)
     config.optim_d.update(learning_rate=2e-4, scale_lr_by_batch=False)
     config.train.update(num_steps=200_000, eval_steps=10_000, ckpt_steps=5_000)

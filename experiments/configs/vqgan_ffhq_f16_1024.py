@@ -19,7 +19,7 @@ def get_config(arg=None):
     config = _taming.taming_f16(num_codes=1024, batch_size=12)
     config.data.source = "folder"
     config.data.random_flip = True
-    config.loss.update(disc_start=30_001, gen_adv_start=30_001, disc_weight=0.8)
+    config.loss.update(disc_start=30_001, disc_weight=0.8)
     config.disc.update(n_layers=3)
     if arg == "smoke":
         config = common.shrink_for_smoke(config)

@@ -19,7 +19,7 @@ def get_config(arg=None):
     config.data.source = "tfds"
     config.data.name = "imagenet2012"
     config.data.eval_split = "validation"
-    config.loss.update(disc_start=250_001, gen_adv_start=250_001, disc_weight=0.8)
+    config.loss.update(disc_start=250_001, disc_weight=0.8)
     config.disc.update(n_layers=3)
     if arg == "smoke":
         config = common.shrink_for_smoke(config)

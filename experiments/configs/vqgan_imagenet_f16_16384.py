@@ -7,8 +7,9 @@ r"""taming-transformers' "VQGAN ImageNet (f=16), 16384" (the released model.yaml
 Data: TFDS imagenet2012. Loss: disc_start 0, disc_weight 0.75, a 2-layer PatchGAN (ndf 64),
 codebook_weight 1.0. Batch 14 (taming's authors: "bs=14 for the f16 model"), lr 4.5e-6 x 14.
 taming reports reconstruction FID 4.98 on the ImageNet validation split (7.41 against train).
-taming starts the discriminator at step 0; gen_adv_start is kept at 0 to match, although a
-later value (e.g. 5000) avoids the generator learning from an untrained discriminator.
+taming starts the discriminator at step 0 and lets it reach the generator at once
+(gen_adv_delay 0); --config.loss.gen_adv_delay=5000 avoids the generator learning from an
+untrained discriminator.
 Arg `smoke` shrinks the model to seconds (the data still has to exist).
 """
 
@@ -20,7 +21,7 @@ def get_config(arg=None):
     config.data.source = "tfds"
     config.data.name = "imagenet2012"
     config.data.eval_split = "validation"
-    config.loss.update(disc_start=0, gen_adv_start=0, disc_weight=0.75)
+    config.loss.update(disc_start=0, disc_weight=0.75)
     config.disc.update(n_layers=2)
     if arg == "smoke":
         config = common.shrink_for_smoke(config)

@@ -25,7 +25,7 @@ def get_config(arg=None):
     config.quantizer.kind = "ema"
     config.quantizer.num_codes = 128
     config.disc.update(ndf=32, n_layers=2)
-    config.loss.update(perceptual_weight=0.0, disc_start=200, gen_adv_start=300)
+    config.loss.update(perceptual_weight=0.0, disc_start=200, gen_adv_delay=100)
     config.optim.update(learning_rate=1e-3, scale_lr_by_batch=False)
     config.optim_d.update(learning_rate=2e-4, scale_lr_by_batch=False)
     config.train.update(num_steps=600, log_steps=50, eval_steps=300, ckpt_steps=300)
