@@ -23,7 +23,8 @@ def run(family: str) -> None:
         config_family = "vqgan" if trainer.is_gan(config) else "vqvae"
         if config_family != family:
             raise app.UsageError(
-                f"{flags.FLAGS['config'].value!r} is a {config_family} config; run it with "
+                f"{config_flags.get_config_filename(flags.FLAGS['config'])} is a {config_family} "
+                "config; run it with "
                 f"python -m experiments.{config_family}.")
         if _MULTIHOST.value:
             parallel.initialize_distributed()

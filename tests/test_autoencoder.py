@@ -1,5 +1,6 @@
 """The VQGAN autoencoder and PatchGAN discriminator against taming-transformers (PyTorch)."""
 
+import functools
 import re
 
 import jax
@@ -69,19 +70,26 @@ TAMING_RELEASES = {
 }
 
 
+@functools.lru_cache
+def _taming_counts(sizes_items):
+    """(encoder, decoder) parameter counts of taming's modules (built once per ddconfig)."""
+    sizes = dict(sizes_items)
+    return (_torch_count(taming_model.Encoder(**_taming_ddconfig(sizes))),
+            _torch_count(taming_model.Decoder(**_taming_ddconfig(sizes))))
+
+
 @pytest.mark.parametrize("name", sorted(TAMING_RELEASES))
 def test_parameter_counts_equal_taming(name):
     sizes, embed_dim, num_codes, disc_layers = TAMING_RELEASES[name]
-    torch_encoder = taming_model.Encoder(**_taming_ddconfig(sizes))
-    torch_decoder = taming_model.Decoder(**_taming_ddconfig(sizes))
-    taming_total = (_torch_count(torch_encoder) + _torch_count(torch_decoder)
+    encoder_count, decoder_count = _taming_counts(tuple(sizes.items()))
+    taming_total = (encoder_count + decoder_count
                     + (sizes["z_channels"] * embed_dim + embed_dim)  # quant_conv
                     + (embed_dim * sizes["z_channels"] + sizes["z_channels"]))  # post_quant_conv
     config = load_config(name)
     model = steps.build_model(config.model)
     params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 256, 256, 3)))["params"]
-    assert _count(params["encoder"]) == _torch_count(torch_encoder)
-    assert _count(params["decoder"]) == _torch_count(torch_decoder)
+    assert _count(params["encoder"]) == encoder_count
+    assert _count(params["decoder"]) == decoder_count
     assert _count(params) == taming_total
     # taming's quantizer holds only the codebook; ours is a CodebookState of the same size.
     quantize = pytest.importorskip("taming.modules.vqvae.quantize")
