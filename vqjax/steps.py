@@ -1,4 +1,5 @@
-"""Pure train and eval steps for the VQ-VAE family.
+"""Pure train and eval steps for the VQ-VAE family, and the model builder, codebook update,
+eval step and reconstruction that the VQGAN family (gan.py) shares.
 
 `train_step(state, batch) -> (state, metrics)`: one gradient step of the encoder/decoder
 (and of the codebook when it is learned by loss), then, outside `jax.grad`, the EMA update of
@@ -41,7 +42,7 @@ def build_model(model_cfg):
     dtype = parse_dtype(fields.pop("dtype", "float32"))
     try:
         return MODELS[name](dtype=dtype, **fields)
-    except TypeError as err:  # an unknown field: name it and the model's real ones
+    except TypeError as err:  # an unknown field: the TypeError names it
         raise ValueError(f"config.model does not fit model {name!r} ({err}).") from None
 
 

@@ -354,7 +354,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
         if config.get("init_from"):
             params, codebook = load_params_from(config.init_from, abstract_state)
             # The weight average, if any, restarts from the loaded weights too.
-            ema_params = None if state.ema_params is None else jax.tree.map(jnp.copy, params)
+            ema_params = state_lib.init_ema_params(params, config.optim.get("params_ema_decay", 0.0))
             state = state.replace(params=params, codebook=codebook, ema_params=ema_params)
             logging.info("Initialised params and codebook from %s.", config.init_from)
     start_step = int(state.step)
