@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from tests.helpers import REPO_ROOT, load_config
-from vqjax import data as data_lib, parallel, state as state_lib, steps, trainer
+from vqjax import checkpoints, data as data_lib, parallel, state as state_lib, steps, trainer
 
 
 def _smoke(**quantizer):
@@ -166,14 +166,15 @@ def test_init_from_another_run(tmp_path):
     tx = state_lib.make_optimizer(config.optim, 2)
     abstract = jax.eval_shape(lambda: steps.init_state(
         config, model, tx, jax.random.key(0), jnp.zeros((8, 32, 32, 3))))
-    abstract = trainer.abstract_like(abstract, parallel.replicated(parallel.make_mesh()))
-    params, codebook = trainer.load_params_from(config.init_from, abstract)
-    chex.assert_trees_all_equal(params, saved["params"])
-    np.testing.assert_array_equal(codebook.embedding, saved["codebook"]["embedding"])
+    abstract = checkpoints.abstract_like(abstract, parallel.replicated(parallel.make_mesh()))
+    loaded = checkpoints.load_params_from(config.init_from, abstract)
+    assert set(loaded) == {"params", "codebook"}
+    chex.assert_trees_all_equal(loaded["params"], saved["params"])
+    np.testing.assert_array_equal(loaded["codebook"].embedding, saved["codebook"]["embedding"])
     assert trainer.train_and_evaluate(config, str(tmp_path / "target"))["step"] == 2
 
     config.model.embed_dim = 4
-    with pytest.raises(ValueError, match="other shapes"):
+    with pytest.raises(ValueError, match="does not fit this config"):
         trainer.train_and_evaluate(config, str(tmp_path / "mismatch"))
 
 

@@ -28,7 +28,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from vqjax import data as data_lib
-from vqjax import gan, parallel, state as state_lib, steps
+from vqjax import checkpoints, gan, parallel, state as state_lib, steps
 from vqjax.nets import lpips
 
 
@@ -79,90 +79,6 @@ def build_family(config, model, num_steps: int) -> Family:
     return Family(create=create,
                   train_step=gan.make_gan_train_step(config, model, disc, tx, tx_d, perceptual),
                   frozen=(perceptual_params,))
-
-
-# ----------------------------------------------------------------------------------------
-# Checkpoints.
-
-
-def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(
-        preservation_policy=ocp.checkpoint_managers.LatestN(keep),
-        enable_async_checkpointing=True,
-        create=True,
-    )
-    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                                 options=options, item_handlers=ocp.StandardCheckpointHandler())
-
-
-def abstract_like(tree: Any, sharding) -> Any:
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
-
-
-def _shapes_by_path(tree: Any) -> dict:
-    def name(key):
-        for attr in ("key", "name", "idx"):
-            if hasattr(key, attr):
-                return str(getattr(key, attr))
-        return str(key)
-
-    return {"/".join(map(name, path)): tuple(leaf.shape)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _mismatch(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> Optional[str]:
-    """The first network/codebook array whose saved shape differs from the config's, if any."""
-    saved = _shapes_by_path(manager.item_metadata(step))
-    wanted = _shapes_by_path({"params": abstract_state.params, "codebook": abstract_state.codebook})
-    for path, shape in sorted(wanted.items()):
-        if saved.get(path) != shape:
-            return f"{path} is {saved.get(path, 'missing')} in the checkpoint, {shape} in the config"
-    return None
-
-
-def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:
-    """Restores checkpoint `step` into `abstract_state`; a mismatch becomes one clear sentence."""
-    problem = _mismatch(manager, step, abstract_state)
-    if problem is None:
-        try:
-            return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
-        except (ValueError, KeyError, TypeError) as err:
-            problem = str(err).splitlines()[0][:300]
-    raise ValueError(
-        f"The checkpoint at step {step} in {manager.directory} does not match this config "
-        f"({problem}); resume with the config it was written with, or start in a new --workdir."
-    )
-
-
-def load_params_from(path: str, abstract_state: Any) -> tuple[Any, Any]:
-    """`config.init_from`: (params, codebook) of another run's latest checkpoint.
-
-    Read as saved, so the other run may have used another optimizer; only the network and
-    codebook shapes must match this config.
-    """
-    directory = os.path.join(os.path.abspath(path), "checkpoints")
-    step = None
-    if os.path.isdir(directory):
-        manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
-        step = manager.latest_step()
-    if step is None:
-        raise ValueError(f"config.init_from is {path!r} but {directory} holds no checkpoint; "
-                         "point it at the workdir of a run that saved one.")
-    saved = manager.restore(step)
-    manager.close()
-    wanted = (abstract_state.params, abstract_state.codebook)
-    try:
-        loaded = (saved["params"], type(abstract_state.codebook)(**saved["codebook"]))
-        shapes_match = jax.tree.all(jax.tree.map(lambda a, b: a.shape == b.shape, loaded, wanted))
-    except (KeyError, TypeError, ValueError):
-        shapes_match = False
-    if not shapes_match:
-        raise ValueError(
-            f"The checkpoint at step {step} in {directory} (config.init_from) has a network or "
-            "codebook of other shapes than this config; use the model and quantizer settings it "
-            "was trained with."
-        )
-    return jax.device_put(loaded, jax.tree.map(lambda x: x.sharding, wanted))
 
 
 # ----------------------------------------------------------------------------------------
@@ -318,9 +234,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
     os.makedirs(workdir, exist_ok=True)
     is_main = jax.process_index() == 0
     if is_main:
-        with open(os.path.join(workdir, "config.json.tmp"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-        os.replace(os.path.join(workdir, "config.json.tmp"), os.path.join(workdir, "config.json"))
+        checkpoints.write_config(workdir, config)
 
     # --- Mesh, model, optimizer, compiled steps.
     mesh = parallel.make_mesh(devices)
@@ -339,24 +253,25 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
     reconstruct = jax.jit(steps.make_reconstruct(model), out_shardings=replicated)
 
     # --- State: the workdir's latest checkpoint, else config.init_from, else scratch.
-    manager = checkpoint_manager(workdir, config.train.keep_checkpoints)
+    manager = checkpoints.checkpoint_manager(workdir, config.train.keep_checkpoints)
     first_batch = parallel.to_global(
         next(data_lib.make_dataset(config.data, config.data.train_split, train=True)), mesh)
     create = jax.jit(family.create, out_shardings=replicated)
     init_rng = jax.random.key(config.seed)
-    abstract_state = abstract_like(jax.eval_shape(create, init_rng, first_batch["image"]), replicated)
+    abstract_state = checkpoints.abstract_like(jax.eval_shape(create, init_rng, first_batch["image"]), replicated)
     latest = manager.latest_step()
     if latest is not None:
-        state = restore_state(manager, latest, abstract_state)
+        state = checkpoints.restore_state(manager, latest, abstract_state)
         logging.info("Resumed from %s at step %d.", manager.directory, latest)
     else:
         state = create(init_rng, first_batch["image"])
         if config.get("init_from"):
-            params, codebook = load_params_from(config.init_from, abstract_state)
+            loaded = checkpoints.load_params_from(config.init_from, abstract_state)
             # The weight average, if any, restarts from the loaded weights too.
-            ema_params = state_lib.init_ema_params(params, config.optim.get("params_ema_decay", 0.0))
-            state = state.replace(params=params, codebook=codebook, ema_params=ema_params)
-            logging.info("Initialised params and codebook from %s.", config.init_from)
+            loaded["ema_params"] = state_lib.init_ema_params(
+                loaded["params"], config.optim.get("params_ema_decay", 0.0))
+            state = state.replace(**loaded)
+            logging.info("Initialised %s from %s.", ", ".join(sorted(loaded)), config.init_from)
     start_step = int(state.step)
     if is_main:
         print(f"vqjax: {state_lib.count_params(state.params):,} parameters, "

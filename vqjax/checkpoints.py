@@ -1,0 +1,143 @@
+"""Orbax checkpoints of a workdir: the manager, shape-checked restore, and the raw read that
+`config.init_from`, `vqjax.pretrained.load` and the converters share.
+
+A model directory is a workdir: `config.json` plus `checkpoints/<step>/` holding a pytree with
+at least `params` and `codebook` (a training run adds the optimizer state and more; a
+converted taming model adds the discriminator when it has one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+
+def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=ocp.checkpoint_managers.LatestN(keep),
+        enable_async_checkpointing=True,
+        create=True,
+    )
+    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                                 options=options, item_handlers=ocp.StandardCheckpointHandler())
+
+
+def save_tree(workdir: str, step: int, tree: Any) -> None:
+    """Writes one checkpoint and waits for it (Orbax renames a finished temporary directory,
+    so a kill leaves no half-written checkpoint)."""
+    manager = checkpoint_manager(workdir, keep=1)
+    manager.save(step, args=ocp.args.StandardSave(tree))
+    manager.wait_until_finished()
+    manager.close()
+
+
+def abstract_like(tree: Any, sharding) -> Any:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def shapes_by_path(tree: Any) -> dict:
+    def name(key):
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                return str(getattr(key, attr))
+        return str(key)
+
+    return {"/".join(map(name, path)): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def first_mismatch(saved: Any, wanted: Any) -> Optional[str]:
+    """The first array of `wanted` whose shape in `saved` differs (or is missing), if any."""
+    saved, wanted = shapes_by_path(saved), shapes_by_path(wanted)
+    for path, shape in sorted(wanted.items()):
+        if saved.get(path) != shape:
+            return f"{path} is {saved.get(path, 'missing')} in the checkpoint, {shape} in the config"
+    return None
+
+
+def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:
+    """Restores checkpoint `step` into `abstract_state`; a mismatch becomes one clear sentence."""
+    problem = first_mismatch(
+        manager.item_metadata(step), {"params": abstract_state.params, "codebook": abstract_state.codebook})
+    if problem is None:
+        try:
+            return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        except (ValueError, KeyError, TypeError) as err:
+            problem = str(err).splitlines()[0][:300]
+    raise ValueError(
+        f"The checkpoint at step {step} in {manager.directory} does not match this config "
+        f"({problem}); resume with the config it was written with, or start in a new --workdir."
+    )
+
+
+def read_latest(workdir: str, what: str) -> tuple[int, dict]:
+    """(step, saved tree as numpy arrays) of the newest checkpoint in `workdir`; `what` names
+    the setting that pointed here, for the error sentence."""
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    step = None
+    if os.path.isdir(directory):
+        manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
+                                        item_handlers=ocp.StandardCheckpointHandler())
+        step = manager.latest_step()
+    if step is None:
+        raise ValueError(f"{what} is {workdir!r} but {directory} holds no checkpoint; point it at "
+                         "the workdir of a run that saved one, or a directory written by "
+                         "`python -m vqjax.convert taming`.")
+    saved = manager.restore(step)
+    manager.close()
+    return step, saved
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+    """The `config.json` a training run or a converter wrote, with lists back as tuples
+    (module fields must be hashable)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"{workdir} has no config.json; it is neither a vqjax workdir nor a "
+                         "directory written by `python -m vqjax.convert taming`.")
+    with open(path) as f:
+        raw = json.load(f)
+
+    def tuples(node):
+        if isinstance(node, dict):
+            return {k: tuples(v) for k, v in node.items()}
+        return tuple(tuples(v) for v in node) if isinstance(node, list) else node
+
+    return ml_collections.ConfigDict(tuples(raw))
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+    tmp = os.path.join(workdir, "config.json.tmp")
+    with open(tmp, "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    os.replace(tmp, os.path.join(workdir, "config.json"))
+
+
+def load_params_from(path: str, abstract_state: Any) -> dict:
+    """`config.init_from`: the network and codebook of another run's (or a converted model's)
+    latest checkpoint, plus its discriminator when both sides have one of the same shapes.
+
+    Read as saved, so the other run may have used another optimizer; only the network and
+    codebook shapes must match this config. Returns the fields to replace in the state.
+    """
+    step, saved = read_latest(path, "config.init_from")
+    wanted = {"params": abstract_state.params, "codebook": abstract_state.codebook}
+    problem = first_mismatch({k: saved.get(k) for k in wanted}, wanted) if all(
+        k in saved for k in wanted) else "it has no params or codebook"
+    if problem:
+        raise ValueError(
+            f"The checkpoint at step {step} in {path} (config.init_from) does not fit this config "
+            f"({problem}); use the model and quantizer settings it was trained with.")
+    loaded = {"params": saved["params"],
+              "codebook": type(abstract_state.codebook)(**saved["codebook"])}
+    for key in ("disc_params", "disc_batch_stats"):
+        target = getattr(abstract_state, key, None)
+        if target is not None and saved.get(key) is not None and not first_mismatch(saved[key], target):
+            loaded[key] = saved[key]
+    shardings = {k: jax.tree.map(lambda x: x.sharding, getattr(abstract_state, k)) for k in loaded}
+    return {k: jax.device_put(v, shardings[k]) for k, v in loaded.items()}
