@@ -1,0 +1,209 @@
+"""taming-transformers / latent-diffusion checkpoints through `python -m vqjax.convert taming`
+and `vqjax.pretrained.load`, against taming's own modules with random weights.
+
+Tolerance: float32, rtol 1e-4 and atol 1e-4 x the reference's largest magnitude. The two
+frameworks sum convolutions and GroupNorm statistics in different orders; through ~30 layers
+that leaves relative differences of ~1e-6 (measured), so 1e-4 has room and still catches any
+wrong weight, transpose or epsilon. Code indices must be equal.
+"""
+
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from vqjax import checkpoints, convert, gan, pretrained
+from vqjax.nets import lpips as lpips_lib
+
+torch = pytest.importorskip("torch")
+yaml = pytest.importorskip("yaml")
+taming_model = pytest.importorskip("taming.modules.diffusionmodules.model")
+taming_quantize = pytest.importorskip("taming.modules.vqvae.quantize")
+taming_disc = pytest.importorskip("taming.modules.discriminator.model")
+lpips_pkg = pytest.importorskip("lpips")
+
+VQLPIPS = "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator"
+
+
+def _ddconfig(**sizes):
+    return dict(double_z=False, in_channels=3, out_ch=3, dropout=0.0, **sizes)
+
+
+# name -> (model.target, ddconfig, embed_dim, n_embed, lossconfig, image size)
+MODELS = {
+    # taming VQModel with attention (at 8x8), a discriminator and LPIPS in the checkpoint.
+    "attention": ("taming.models.vqgan.VQModel",
+                  _ddconfig(ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[8], z_channels=32,
+                            resolution=16),
+                  16, 64,
+                  {"target": VQLPIPS, "params": dict(disc_num_layers=2, disc_ndf=16, disc_start=100,
+                                                      disc_weight=0.8, disc_in_channels=3)},
+                  24),
+    # ImageNet f16 shape (ch_mult 1,1,2,2,4, two res blocks, attention at 16 of 256) at ch 32.
+    "imagenet_f16": ("taming.models.vqgan.VQModel",
+                     _ddconfig(ch=32, ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2, attn_resolutions=[16],
+                               z_channels=64, resolution=256),
+                     64, 1024, None, 48),
+    # latent-diffusion vq-f4 shape (no attention, 3-dim codes), as the first stage of an LDM.
+    "ldm_f4": ("ldm.models.autoencoder.VQModelInterface",
+               _ddconfig(ch=32, ch_mult=[1, 2, 4], num_res_blocks=1, attn_resolutions=[], z_channels=3,
+                         resolution=256),
+               3, 256, {"target": "torch.nn.Identity"}, 16),
+    "ema": ("taming.models.vqgan.EMAVQ",
+            _ddconfig(ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[], z_channels=16,
+                      resolution=16),
+            16, 32, None, 16),
+    "gumbel": ("taming.models.vqgan.GumbelVQ",
+               _ddconfig(ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[8], z_channels=16,
+                         resolution=16),
+               16, 48, None, 16),
+}
+
+
+class TamingVQ(torch.nn.Module):
+    """taming's VQModel attribute layout, so state_dict keys are the Lightning checkpoint's."""
+
+    def __init__(self, target, ddconfig, embed_dim, n_embed, lossconfig):
+        super().__init__()
+        self.encoder = taming_model.Encoder(**ddconfig)
+        self.decoder = taming_model.Decoder(**ddconfig)
+        z_channels = ddconfig["z_channels"]
+        self.quant_conv = torch.nn.Conv2d(z_channels, embed_dim, 1)
+        self.post_quant_conv = torch.nn.Conv2d(embed_dim, z_channels, 1)
+        self.gumbel = target.endswith("GumbelVQ")
+        if self.gumbel:
+            self.quantize = taming_quantize.GumbelQuantize(z_channels, embed_dim, n_embed)
+        else:
+            self.quantize = taming_quantize.VectorQuantizer2(n_embed, embed_dim, beta=0.25)
+        if lossconfig and lossconfig["target"] == VQLPIPS:
+            p = lossconfig["params"]
+            self.loss = torch.nn.Module()
+            self.loss.discriminator = taming_disc.NLayerDiscriminator(3, p["disc_ndf"], p["disc_num_layers"])
+            self.loss.perceptual_loss = lpips_pkg.LPIPS(net="vgg", pnet_rand=True, verbose=False)
+
+    def encode(self, x):
+        h = self.quant_conv(self.encoder(x))
+        if self.gumbel:
+            indices = self.quantize.proj(h).argmax(1)
+            return h, self.quantize.embed.weight[indices].permute(0, 3, 1, 2), indices
+        z_q, _, (_, _, indices) = self.quantize(h)
+        return h, z_q, indices.reshape(h.shape[0], h.shape[2], h.shape[3])
+
+    def decode(self, z_q):
+        return self.decoder(self.post_quant_conv(z_q))
+
+
+def _nhwc(t):
+    return t.detach().numpy().transpose(0, 2, 3, 1)
+
+
+def _close(actual, expected):
+    expected = np.asarray(expected)
+    np.testing.assert_allclose(np.asarray(actual), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def _save_lightning_checkpoint(state_dict, path):
+    """Like a Lightning .ckpt: the weights under 'state_dict' next to pickled objects whose
+    classes the converting machine does not have (here a module that exists only while saving)."""
+    module = types.ModuleType("lightning_callbacks_not_installed")
+
+    class ModelCheckpoint:
+        pass
+
+    ModelCheckpoint.__module__, ModelCheckpoint.__qualname__ = module.__name__, "ModelCheckpoint"
+    module.ModelCheckpoint = ModelCheckpoint
+    sys.modules[module.__name__] = module
+    try:
+        torch.save({"state_dict": state_dict, "global_step": 7, "callbacks": {"ckpt": ModelCheckpoint()}}, path)
+    finally:
+        del sys.modules[module.__name__]
+
+
+def _build(name, seed=0):
+    target, ddconfig, embed_dim, n_embed, lossconfig, size = MODELS[name]
+    torch.manual_seed(seed)
+    module = TamingVQ(target, ddconfig, embed_dim, n_embed, lossconfig).eval()
+    images = torch.from_numpy(np.random.default_rng(seed).uniform(-1, 1, (2, 3, size, size)).astype(np.float32))
+    with torch.no_grad():
+        h = module.quant_conv(module.encoder(images))
+        # A codebook on the scale of the encoder's outputs, as a trained one is (taming's
+        # uniform(-1/K, 1/K) init would put every code next to the origin).
+        codes = torch.randn(n_embed, embed_dim) * h.std() + h.mean()
+        (module.quantize.embed if module.gumbel else module.quantize.embedding).weight.copy_(codes)
+    params = {"target": target, "params": {"embed_dim": embed_dim, "n_embed": n_embed, "ddconfig": ddconfig}}
+    if lossconfig:
+        params["params"]["lossconfig"] = lossconfig
+    state = module.state_dict()
+    if target.endswith("EMAVQ"):  # EMAVectorQuantizer's buffers (not in the PyPI taming release)
+        counts = torch.rand(n_embed) * 10
+        state["quantize.embedding.cluster_size"] = counts
+        state["quantize.embedding.embed_avg"] = codes * counts[:, None]
+    return module, params, state, images
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def converted(request, tmp_path_factory):
+    name = request.param
+    module, yaml_model, state, images = _build(name)
+    directory = tmp_path_factory.mktemp(name)
+    config_path = directory / "model.yaml"
+    config_path.write_text(yaml.safe_dump({"model": yaml_model}))
+    if name == "ldm_f4":  # a whole LDM checkpoint keeps its first stage under a prefix
+        torch.save({f"first_stage_model.{k}": v for k, v in state.items()}, directory / "model.pth")
+        ckpt = directory / "model.pth"
+    else:
+        ckpt = directory / "last.ckpt"
+        _save_lightning_checkpoint(state, ckpt)
+    convert.main(["taming", "--ckpt", str(ckpt), "--config", str(config_path), "--out", str(directory / "out")])
+    return types.SimpleNamespace(name=name, module=module, images=images, state=state, out=str(directory / "out"),
+                                 tokenizer=pretrained.load(str(directory / "out")))
+
+
+def test_encoder_codes_and_reconstructions_equal_taming(converted):
+    name, module, images, tokenizer = converted.name, converted.module, converted.images, converted.tokenizer
+    with torch.no_grad():
+        h, z_q_torch, indices_torch = module.encode(images)
+        reconstruction_torch = module.decode(z_q_torch)
+    x = _nhwc(images)
+    z = tokenizer.model.apply({"params": tokenizer.params}, x, method="encode")
+    _close(z, _nhwc(h))
+    z_q, indices = tokenizer.encode(x)
+    np.testing.assert_array_equal(np.asarray(indices), indices_torch.numpy())
+    assert len(np.unique(indices)) > 1  # the check means something only if codes differ
+    _close(z_q, _nhwc(z_q_torch))
+    _close(tokenizer.decode(z_q), _nhwc(reconstruction_torch))
+    _close(tokenizer.decode_indices(indices), _nhwc(reconstruction_torch))
+    _close(tokenizer.reconstruct(x), np.clip(_nhwc(reconstruction_torch), -1, 1))
+    assert tokenizer.downsampling_factor == 2 ** (len(MODELS[name][1]["ch_mult"]) - 1)
+
+
+def test_config_and_loss_parts(converted):
+    name, module, images, config = converted.name, converted.module, converted.images, converted.tokenizer.config
+    target, ddconfig, embed_dim, n_embed, lossconfig, _ = MODELS[name]
+    assert config.model.ch_mult == tuple(ddconfig["ch_mult"]) and config.model.embed_dim == embed_dim
+    assert config.quantizer.num_codes == n_embed
+    assert config.quantizer.kind == {"EMAVQ": "ema", "GumbelVQ": "gumbel"}.get(target.rsplit(".")[-1], "vq")
+    _, saved = checkpoints.read_latest(converted.out, "test")
+    if name == "ema":  # the EMA statistics continue where taming's stopped
+        np.testing.assert_array_equal(saved["codebook"]["cluster_size"],
+                                      converted.state["quantize.embedding.cluster_size"].numpy())
+        np.testing.assert_array_equal(saved["codebook"]["embed_sum"],
+                                      converted.state["quantize.embedding.embed_avg"].numpy())
+    if name != "attention":
+        assert "disc_params" not in saved and not config.loss.lpips_path
+        return
+    # The discriminator and LPIPS of the checkpoint come along, with taming's loss settings.
+    assert (config.loss.disc_start, config.loss.disc_weight, config.disc.n_layers, config.disc.ndf) == (
+        100, 0.8, 2, 16)
+    x = _nhwc(images)
+    disc = gan.build_discriminator(config.disc)
+    logits = disc.apply({"params": saved["disc_params"], "batch_stats": saved["disc_batch_stats"]}, x)
+    with torch.no_grad():
+        logits_torch = module.loss.discriminator(images)
+    _close(logits, _nhwc(logits_torch))
+    lpips_params = lpips_lib.load_params(config.loss.lpips_path)
+    with torch.no_grad():
+        distance_torch = module.loss.perceptual_loss(images, images.flip(0)).flatten().numpy()
+    distance = lpips_lib.LPIPS().apply({"params": lpips_params}, x, x[::-1])
+    _close(distance, distance_torch)
