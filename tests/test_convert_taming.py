@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from vqjax import checkpoints, convert, gan, pretrained
+from vqjax.convert import taming as taming_convert
 from vqjax.nets import lpips as lpips_lib
 
 torch = pytest.importorskip("torch")
@@ -207,3 +208,69 @@ def test_config_and_loss_parts(converted):
         distance_torch = module.loss.perceptual_loss(images, images.flip(0)).flatten().numpy()
     distance = lpips_lib.LPIPS().apply({"params": lpips_params}, x, x[::-1])
     _close(distance, distance_torch)
+
+
+@pytest.fixture(scope="module")
+def attention_checkpoint():
+    _, yaml_model, state, _ = _build("attention")
+    return yaml_model, {k: v.numpy() for k, v in state.items()}
+
+
+def _convert(yaml_model, state):
+    config, _, _ = taming_convert.vqjax_config(yaml_model)
+    return taming_convert.convert_state(state, config, source="last.ckpt")
+
+
+def _with(yaml_model, **ddconfig):
+    changed = {**yaml_model, "params": {**yaml_model["params"]}}
+    changed["params"]["ddconfig"] = {**yaml_model["params"]["ddconfig"], **ddconfig}
+    return changed
+
+
+def test_a_config_that_does_not_describe_the_checkpoint_names_the_tensor(attention_checkpoint):
+    yaml_model, state = attention_checkpoint
+    with pytest.raises(ValueError, match=r"tensor decoder.conv_in.bias has shape \(64,\) but the YAML "
+                                         r"config needs \(128,\)"):
+        _convert(_with(yaml_model, ch=64), state)
+    with pytest.raises(ValueError, match=r"no tensor decoder.up.0.block.2.conv1.bias \(vqjax decoder/up_0_block_2/conv1/bias, shape \(32,\)\)"):
+        _convert(_with(yaml_model, num_res_blocks=2), state)
+    with pytest.raises(ValueError, match=r"30 autoencoder tensors the YAML config has no place for \(first: decoder.up.1.attn.0.k.bias"):
+        _convert(_with(yaml_model, attn_resolutions=[]), state)  # attention weights would be dropped
+    more_codes = {**yaml_model, "params": {**yaml_model["params"], "n_embed": 128}}
+    with pytest.raises(ValueError, match=r"quantize.embedding.weight has shape \(64, 16\) .* needs \(128, 16\)"):
+        _convert(more_codes, state)
+    gumbel = {**yaml_model, "target": "taming.models.vqgan.GumbelVQ"}
+    with pytest.raises(ValueError, match="no tensor quantize.embed.weight"):
+        _convert(gumbel, state)
+    missing = {k: v for k, v in state.items() if k != "decoder.conv_out.bias"}
+    with pytest.raises(ValueError, match=r"no tensor decoder.conv_out.bias \(vqjax decoder/conv_out/bias, "
+                                         r"shape \(3,\)\)"):
+        _convert(yaml_model, missing)
+
+
+def test_unsupported_settings_are_refused(attention_checkpoint):
+    yaml_model, _ = attention_checkpoint
+    with pytest.raises(ValueError, match="remap"):
+        taming_convert.vqjax_config({**yaml_model, "params": {**yaml_model["params"], "remap": "used.npy"}})
+    with pytest.raises(ValueError, match="ddconfig.tanh_out is True"):
+        taming_convert.vqjax_config(_with(yaml_model, tanh_out=True))
+    with pytest.raises(ValueError, match="ddconfig.n_heads is not a setting"):
+        taming_convert.vqjax_config(_with(yaml_model, n_heads=4))
+    with pytest.raises(ValueError, match="model.target is 'taming.models.cond_transformer.Net2NetTransformer'"):
+        taming_convert.vqjax_config({**yaml_model, "target": "taming.models.cond_transformer.Net2NetTransformer"})
+
+
+def test_the_command_never_overwrites_a_model_silently(tmp_path):
+    _, yaml_model, state, _ = _build("ema")
+    yaml_path = tmp_path / "model.yaml"
+    yaml_path.write_text(yaml.safe_dump({"model": yaml_model}))
+    torch.save(state, tmp_path / "model.pth")
+    args = ["taming", "--ckpt", str(tmp_path / "model.pth"), "--config", str(yaml_path), "--out", str(tmp_path / "out")]
+    convert.main(args)
+    first = pretrained.load(str(tmp_path / "out")).codebook
+    with pytest.raises(SystemExit, match="already holds a model; pass --overwrite"):
+        convert.main(args)
+    state["quantize.embedding.weight"] += 1.0
+    torch.save(state, tmp_path / "model.pth")
+    convert.main(args + ["--overwrite"])
+    np.testing.assert_allclose(pretrained.load(str(tmp_path / "out")).codebook, first + 1.0, rtol=1e-6)
