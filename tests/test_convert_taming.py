@@ -10,10 +10,11 @@ wrong weight, transpose or epsilon. Code indices must be equal.
 import sys
 import types
 
+import jax
 import numpy as np
 import pytest
 
-from vqjax import checkpoints, convert, gan, pretrained
+from vqjax import checkpoints, convert, gan, pretrained, trainer
 from vqjax.convert import taming as taming_convert
 from vqjax.nets import lpips as lpips_lib
 
@@ -274,3 +275,27 @@ def test_the_command_never_overwrites_a_model_silently(tmp_path):
     torch.save(state, tmp_path / "model.pth")
     convert.main(args + ["--overwrite"])
     np.testing.assert_allclose(pretrained.load(str(tmp_path / "out")).codebook, first + 1.0, rtol=1e-6)
+
+
+def test_a_converted_model_fine_tunes_through_init_from(tmp_path):
+    """The model directory is a workdir: `config.init_from` starts a VQGAN run from the
+    converted autoencoder, codebook and discriminator (learning rate 0: they must arrive unchanged)."""
+    _, yaml_model, state, _ = _build("attention")
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump({"model": yaml_model}))
+    torch.save(state, tmp_path / "model.pth")
+    out = str(tmp_path / "converted")
+    convert.main(["taming", "--ckpt", str(tmp_path / "model.pth"), "--config", str(tmp_path / "model.yaml"),
+                  "--out", out])
+    config = checkpoints.read_config(out)
+    config.init_from = out
+    config.loss.perceptual_weight = 0.0
+    config.optim.learning_rate = config.optim_d.learning_rate = 0.0
+    config.data.update(batch_size=8, eval_batch_size=8, shuffle_buffer=64)
+    config.train.update(num_steps=1, log_steps=1, eval_steps=1, ckpt_steps=1)
+    config.evals.update(num_eval_batches=1, num_recon_images=2)
+    trainer.train_and_evaluate(config, str(tmp_path / "finetune"))
+    _, converted = checkpoints.read_latest(out, "test")
+    _, tuned = checkpoints.read_latest(str(tmp_path / "finetune"), "test")
+    for key in ("params", "disc_params", "disc_batch_stats"):  # D is frozen before disc_start=100
+        jax.tree.map(np.testing.assert_array_equal, tuned[key], converted[key])
+    np.testing.assert_array_equal(tuned["codebook"]["embedding"], converted["codebook"]["embedding"])

@@ -126,6 +126,9 @@ def load_params_from(path: str, abstract_state: Any) -> dict:
     codebook shapes must match this config. Returns the fields to replace in the state.
     """
     step, saved = read_latest(path, "config.init_from")
+    if "gumbel_proj" in saved:
+        raise ValueError(f"config.init_from is {path!r}, a GumbelVQ model; vqjax trains nearest-code "
+                         "quantizers only, so it can be used (vqjax.pretrained.load) but not fine-tuned.")
     wanted = {"params": abstract_state.params, "codebook": abstract_state.codebook}
     problem = first_mismatch({k: saved.get(k) for k in wanted}, wanted) if all(
         k in saved for k in wanted) else "it has no params or codebook"

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from typing import Any, Callable
 
 import jax
@@ -320,22 +321,26 @@ def convert_state(state: dict, config, *, with_loss: bool = True, disc_importabl
 def convert_checkpoint(ckpt: str, config_path: str, out: str, *, with_loss: bool = True,
                        overwrite: bool = False) -> str:
     """Writes the model directory `out`; returns a summary line for the command."""
-    if os.path.isdir(os.path.join(out, "checkpoints")) and os.listdir(os.path.join(out, "checkpoints")):
-        if not overwrite:
-            raise ValueError(f"{out} already holds a model; pass --overwrite to replace it, or choose "
-                             "another --out.")
-        import shutil
-        shutil.rmtree(os.path.join(out, "checkpoints"))
+    existing = os.path.join(out, "checkpoints")
+    if os.path.isdir(existing) and os.listdir(existing) and not overwrite:
+        raise ValueError(f"{out} already holds a model; pass --overwrite to replace it, or choose "
+                         "another --out.")
     config, notes, disc_importable = vqjax_config(read_yaml(config_path))
     tree = convert_state(load_torch_state(ckpt), config, with_loss=with_loss,
                          disc_importable=disc_importable, source=ckpt)
+    # Only a conversion that succeeded replaces the old model; config.json goes first, so a
+    # kill in between leaves a directory that loads as "no model" rather than a mixed one.
+    if os.path.isdir(existing):
+        if os.path.exists(os.path.join(out, "config.json")):
+            os.remove(os.path.join(out, "config.json"))
+        shutil.rmtree(existing)
     os.makedirs(out, exist_ok=True)
     perceptual = tree.pop("lpips", None)
     if perceptual is not None:
         config.loss.lpips_path = os.path.join(os.path.abspath(out), "lpips.msgpack")
         save_params(perceptual, config.loss.lpips_path)
-    if "disc_params" not in tree and with_loss and config.loss.perceptual_weight > 0:
-        notes.append("no discriminator imported: fine-tuning trains one from scratch.")
+    if with_loss and "disc_params" not in tree:
+        notes.append("no discriminator imported: fine-tuning from this directory trains one from scratch.")
     checkpoints.save_tree(out, 0, jax.tree.map(np.asarray, tree))
     # The config goes last: a directory with config.json is complete.
     checkpoints.write_config(out, config)
