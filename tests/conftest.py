@@ -20,3 +20,19 @@ import jax  # noqa: E402
 
 def pytest_configure(config):
     assert jax.device_count() == 4, "tests/conftest.py must run before anything imports JAX"
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def trained_vqgan(tmp_path_factory):
+    """One VQGAN smoke run (4 steps, weight average on) shared by the tests that need a
+    finished workdir: (config, workdir, final metrics)."""
+    from tests.helpers import load_config
+    from vqjax import trainer
+
+    config = load_config("vqgan_quickstart", "smoke")
+    config.optim.params_ema_decay = 0.5  # evaluation uses the weight average
+    workdir = str(tmp_path_factory.mktemp("trained_vqgan"))
+    return config, workdir, trainer.train_and_evaluate(config, workdir)

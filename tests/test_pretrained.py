@@ -8,16 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import load_config
 from vqjax import data as data_lib, metrics, pretrained, trainer
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    config = load_config("vqgan_quickstart", "smoke")
-    config.optim.params_ema_decay = 0.5  # evaluation uses the weight average: so must load()
-    workdir = str(tmp_path_factory.mktemp("vqgan"))
-    trainer.train_and_evaluate(config, workdir)
+def trained(trained_vqgan):
+    config, workdir, _ = trained_vqgan  # tests/conftest.py: a 4-step VQGAN run, weight average on
     return config, workdir
 
 

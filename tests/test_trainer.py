@@ -242,19 +242,19 @@ def test_vqgan_entry_point_writes_outputs_and_resumes(tmp_path):
     # SIGTERM); the next test checks that a resumed GAN run continues exactly.
 
 
-def test_vqgan_resumed_run_matches_an_uninterrupted_one(tmp_path):
+def test_vqgan_resumed_run_matches_an_uninterrupted_one(trained_vqgan, tmp_path):
     # In one process: a GAN's state is exact only for the same compiled program (the gradient
     # of attention's key bias is pure round-off, which Adam turns into full-size steps).
-    config = load_config("vqgan_quickstart", "smoke")
-    straight = trainer.train_and_evaluate(config, str(tmp_path / "straight"))
+    config, straight_dir, straight = trained_vqgan  # 4 uninterrupted steps (tests/conftest.py)
+    config = config.copy_and_resolve_references()
     config.train.num_steps = 2
     trainer.train_and_evaluate(config, str(tmp_path / "resumed"))
     config.train.num_steps = 4
     resumed = trainer.train_and_evaluate(config, str(tmp_path / "resumed"))
     assert resumed["step"] == straight["step"] == 4
-    _, a = _restore(str(tmp_path / "straight"))
+    _, a = _restore(straight_dir)
     _, b = _restore(str(tmp_path / "resumed"))
-    assert set(a) >= {"disc_params", "disc_opt_state", "disc_batch_stats", "lecam_ema"}
+    assert set(a) >= {"disc_params", "disc_opt_state", "disc_batch_stats", "lecam_ema", "ema_params"}
     chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-6)
 
 
