@@ -284,6 +284,6 @@ def test_weight_average_is_what_evaluation_uses():
     assert state.eval_params is state.ema_params
     reconstruct = steps.make_reconstruct(model)
     images = jnp.asarray(batches[0]["image"])
-    averaged, _ = reconstruct(state, images)
-    current, _ = reconstruct(state.replace(ema_params=None), images)
+    averaged, _ = reconstruct(steps.eval_weights(state), images)
+    current, _ = reconstruct(steps.eval_weights(state.replace(ema_params=None)), images)
     assert not np.allclose(averaged, current)

@@ -76,7 +76,7 @@ def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state: Any
 
 
 def read_latest(workdir: str, what: str) -> tuple[int, dict]:
-    """(step, saved tree as numpy arrays) of the newest checkpoint in `workdir`; `what` names
+    """(step, saved tree of arrays on one device) of the newest checkpoint in `workdir`; `what` names
     the setting that pointed here, for the error sentence."""
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     step = None
@@ -88,7 +88,12 @@ def read_latest(workdir: str, what: str) -> tuple[int, dict]:
         raise ValueError(f"{what} is {workdir!r} but {directory} holds no checkpoint; point it at "
                          "the workdir of a run that saved one, or a directory written by "
                          "`python -m vqjax.convert taming`.")
-    saved = manager.restore(step)
+    # Restored onto this process's first device whatever topology saved it (a pod's run read in
+    # a one-device notebook); callers place the arrays where they need them.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          manager.item_metadata(step))
+    saved = manager.restore(step, args=ocp.args.StandardRestore(target))
     manager.close()
     return step, saved
 
@@ -116,6 +121,14 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     with open(tmp, "w") as f:
         f.write(config.to_json_best_effort(indent=2, sort_keys=True))
     os.replace(tmp, os.path.join(workdir, "config.json"))
+
+
+def write_json(path: str, payload: Any) -> None:
+    """Written to a temporary file and renamed, so a crash never leaves half a file."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
 
 
 def load_params_from(path: str, abstract_state: Any) -> dict:

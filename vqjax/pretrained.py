@@ -11,7 +11,6 @@ evaluation gave. The functions are compiled once per input shape.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Optional
 
 import jax
@@ -29,8 +28,7 @@ def _gumbel_indices(z: jax.Array, proj: dict) -> jax.Array:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _encode(model, params, codebook, gumbel_proj, images):
+def _encode_fn(model, params, codebook, gumbel_proj, images):
     z = model.apply({"params": params}, images, method="encode")
     if gumbel_proj is None:
         indices = quantizers.nearest_code(z, codebook)
@@ -39,9 +37,12 @@ def _encode(model, params, codebook, gumbel_proj, images):
     return quantizers.lookup(codebook, indices), indices
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _decode(model, params, z_q):
+def _decode_fn(model, params, z_q):
     return model.apply({"params": params}, z_q, method="decode")
+
+
+_encode = jax.jit(_encode_fn, static_argnums=0)
+_decode = jax.jit(_decode_fn, static_argnums=0)
 
 
 class Tokenizer:
@@ -105,6 +106,23 @@ class Tokenizer:
             raise ValueError(f"Indices range over [{low}, {high}] but the codebook has {self.num_codes} "
                              "codes.")
         return self.decode(quantizers.lookup(self.codebook, indices))
+
+    @property
+    def weights(self) -> tuple:
+        """The arrays `reconstruct_fn` takes: (params, codebook, gumbel_proj)."""
+        return self.params, self.codebook, self.gumbel_proj
+
+    def reconstruct_fn(self):
+        """A pure `reconstruct(weights, images) -> (reconstruction, indices)` for
+        `vqjax.evaluation`, to be compiled over a mesh with `self.weights`."""
+        model = self.model
+
+        def reconstruct(weights, images):
+            params, codebook, gumbel_proj = weights
+            z_q, indices = _encode_fn(model, params, codebook, gumbel_proj, images)
+            return _decode_fn(model, params, z_q), indices
+
+        return reconstruct
 
     def reconstruct(self, images) -> jax.Array:
         """encode -> decode, clipped to [-1, 1] as the trainer's reconstructions are."""

@@ -1,5 +1,5 @@
-"""Pure train and eval steps for the VQ-VAE family, and the model builder, codebook update,
-eval step and reconstruction that the VQGAN family (gan.py) shares.
+"""Pure train step for the VQ-VAE family, and the model builder, codebook update and
+reconstruction that the VQGAN family (gan.py) and evaluation (evaluation.py) share.
 
 `train_step(state, batch) -> (state, metrics)`: one gradient step of the encoder/decoder
 (and of the codebook when it is learned by loss), then, outside `jax.grad`, the EMA update of
@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vqjax import losses, metrics as metrics_lib, quantizers
+from vqjax import losses, quantizers
 from vqjax.nets.autoencoder import VQAutoencoder
 from vqjax.nets.vqvae import VQVAE
 from vqjax.state import (TrainState, init_ema_params, is_learned_codebook, trainable,
@@ -157,43 +157,18 @@ def make_train_step(config, model, tx: optax.GradientTransformation) -> Callable
     return train_step
 
 
-def make_eval_step(config, model) -> Callable:
-    """`eval_step(state, batch) -> sums`: masked sums over a batch, added up by the caller."""
-    num_codes = config.quantizer.num_codes
-
-    def eval_step(state: TrainState, batch: dict) -> dict:
-        images, mask = batch["image"], batch["mask"]
-        reconstruction, _, q = forward(model, state.eval_params, state.codebook.embedding, images)
-        mse = losses.l2_reconstruction(reconstruction, images)
-        weights = jnp.broadcast_to(mask.reshape(mask.shape + (1,) * (q.indices.ndim - 1)),
-                                   q.indices.shape)
-        return {
-            "num_examples": jnp.sum(mask),
-            "recon_mse": jnp.sum(mse * mask),
-            "recon_psnr": jnp.sum(metrics_lib.psnr(reconstruction, images) * mask),
-            "code_counts": quantizers.code_counts(q.indices, num_codes, weights),
-        }
-
-    return eval_step
-
-
 def make_reconstruct(model) -> Callable:
-    """`reconstruct(state, images) -> (reconstructions, code indices)`."""
+    """`reconstruct(weights, images) -> (reconstruction, code indices)` with weights
+    `(params, codebook embedding)` (`eval_weights(state)`): the function evaluation runs."""
 
-    def reconstruct(state: TrainState, images: jax.Array):
-        reconstruction, _, q = forward(model, state.eval_params, state.codebook.embedding, images)
-        return jnp.clip(reconstruction, -1.0, 1.0), q.indices
+    def reconstruct(weights, images: jax.Array):
+        params, codebook = weights
+        reconstruction, _, q = forward(model, params, codebook, images)
+        return reconstruction, q.indices
 
     return reconstruct
 
 
-def summarize_eval(sums: dict) -> dict:
-    """Turns accumulated eval sums into the reported metrics."""
-    count = jnp.maximum(sums["num_examples"], 1.0)
-    return {
-        "recon_mse": float(sums["recon_mse"] / count),
-        "recon_psnr": float(sums["recon_psnr"] / count),
-        "codebook_usage": float(quantizers.usage_fraction(sums["code_counts"])),
-        "perplexity": float(quantizers.perplexity(sums["code_counts"])),
-        "num_eval_examples": int(sums["num_examples"]),
-    }
+def eval_weights(state: TrainState) -> tuple:
+    """What evaluation and reconstructions use: the weight average when kept, and the codebook."""
+    return state.eval_params, state.codebook.embedding

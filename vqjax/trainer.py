@@ -14,21 +14,19 @@ Outputs in `workdir`:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import signal
 import time
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
 from vqjax import data as data_lib
-from vqjax import checkpoints, gan, parallel, state as state_lib, steps
+from vqjax import checkpoints, evaluation, gan, parallel, state as state_lib, steps
 from vqjax.nets import lpips
 
 
@@ -85,17 +83,19 @@ def build_family(config, model, num_steps: int) -> Family:
 # Evaluation and outputs.
 
 
-def evaluate(eval_step, state, config, mesh) -> dict:
-    """One pass over the eval split: reconstruction error, PSNR and codebook usage."""
+def load_evaluators(config) -> evaluation.Evaluators:
+    """LPIPS for evals from `evals.lpips_path`, else the perceptual loss's weights if any."""
+    lpips_path = config.evals.get("lpips_path", "") or config.get("loss", {}).get("lpips_path", "")
+    return evaluation.load_evaluators(lpips_path, config.evals.get("inception_path", ""))
+
+
+def evaluate(eval_step, state, config, mesh, evaluators: evaluation.Evaluators, code_bits: float) -> dict:
+    """One pass over the eval split (`evals.num_eval_batches` batches, -1 = all)."""
     batches = data_lib.make_dataset(config.data, config.data.eval_split,
                                     config.data.eval_batch_size, train=False)
-    sums = None
-    for i, batch in enumerate(batches):
-        if 0 <= config.evals.num_eval_batches <= i:
-            break
-        out = eval_step(state, parallel.to_global(batch, mesh))
-        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    return steps.summarize_eval(jax.device_get(sums))
+    return evaluation.evaluate(eval_step, steps.eval_weights(state), batches, mesh,
+                               num_codes=config.quantizer.num_codes, code_bits=code_bits,
+                               evaluators=evaluators, num_batches=config.evals.num_eval_batches)
 
 
 def image_grid(rows: list[np.ndarray], min_tile: int = 64) -> np.ndarray:
@@ -122,22 +122,14 @@ def save_png(path: str, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def write_json(path: str, payload: Any) -> None:
-    """Written to a temporary file and renamed, so a crash never leaves half a file."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def save_reconstructions(reconstruct, state, config, mesh, path: str) -> None:
     """Runs on every process (the step is a global computation); process 0 writes the file."""
     batch = next(data_lib.make_dataset(config.data, config.data.eval_split,
                                        config.data.eval_batch_size, train=False))
-    reconstructions, _ = reconstruct(state, parallel.to_global(batch, mesh)["image"])
+    reconstructions, _ = reconstruct(steps.eval_weights(state), parallel.to_global(batch, mesh)["image"])
     count = min(config.evals.num_recon_images, int(batch["mask"].sum()))
     originals = batch["image"][:count]
-    reconstructions = np.asarray(jax.device_get(reconstructions))[:count]
+    reconstructions = np.clip(np.asarray(jax.device_get(reconstructions))[:count], -1.0, 1.0)
     if jax.process_index() == 0:
         save_png(path, image_grid([originals, reconstructions]))
 
@@ -247,10 +239,13 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
     frozen = jax.device_put(family.frozen, replicated)
     compiled_step = jax.jit(family.train_step, donate_argnums=0, out_shardings=(replicated, replicated))
     train_step = lambda state, batch: compiled_step(state, batch, *frozen)
-    eval_step = jax.jit(steps.make_eval_step(config, model), out_shardings=replicated)
-    # Replicated output: every process holds all reconstructions, and the first rows are
-    # process 0's own images.
+    # Replicated outputs: every process holds all sums, features and reconstructions, and the
+    # first rows are process 0's own images.
+    eval_step = jax.jit(evaluation.make_eval_step(steps.make_reconstruct(model), config.quantizer.num_codes),
+                        out_shardings=replicated)
     reconstruct = jax.jit(steps.make_reconstruct(model), out_shardings=replicated)
+    evaluators = load_evaluators(config)
+    evaluators.lpips_params, evaluators.inception_variables = jax.device_put(evaluators.frozen, replicated)
 
     # --- State: the workdir's latest checkpoint, else config.init_from, else scratch.
     manager = checkpoints.checkpoint_manager(workdir, config.train.keep_checkpoints)
@@ -259,6 +254,9 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
     create = jax.jit(family.create, out_shardings=replicated)
     init_rng = jax.random.key(config.seed)
     abstract_state = checkpoints.abstract_like(jax.eval_shape(create, init_rng, first_batch["image"]), replicated)
+    eval_image_shape = (config.data.eval_batch_size,) + first_batch["image"].shape[1:]
+    code_bits = evaluation.code_bits_per_pixel(steps.make_reconstruct(model), steps.eval_weights(abstract_state),
+                                               eval_image_shape, config.quantizer.num_codes)
     latest = manager.latest_step()
     if latest is not None:
         state = checkpoints.restore_state(manager, latest, abstract_state)
@@ -310,9 +308,9 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
                 logger.progress(step, progress_summary(host_metrics))
 
             if step % config.train.eval_steps == 0 and step != num_steps:
-                eval_metrics = evaluate(eval_step, state, config, mesh)
-                logger.scalars(step, eval_metrics, "eval/")
-                logger.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in eval_metrics.items()))
+                eval_metrics = evaluate(eval_step, state, config, mesh, evaluators, code_bits)
+                logger.scalars(step, {k: v for k, v in eval_metrics.items() if k != "skipped"}, "eval/")
+                logger.write(f"step {step}: {evaluation.log_line(eval_metrics)}")
 
             if step % config.train.ckpt_steps == 0 or step == num_steps or terminate["requested"]:
                 check_finite(step, jax.device_get(metrics), last_checkpoint)
@@ -330,7 +328,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
         logger.close()
 
     # --- Final evaluation and outputs.
-    final = evaluate(eval_step, state, config, mesh)
+    final = evaluate(eval_step, state, config, mesh, evaluators, code_bits)
     final["step"] = int(state.step)
     # None when this invocation trained for fewer than two steps (nothing timed after compiling).
     final["images_per_sec"] = timing["images"] / train_seconds if timing["images"] else None
@@ -342,7 +340,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
                 final[name] = float(last[name])
     save_reconstructions(reconstruct, state, config, mesh, os.path.join(workdir, "reconstructions.png"))
     if is_main:
-        write_json(os.path.join(workdir, "metrics.json"), final)
+        checkpoints.write_json(os.path.join(workdir, "metrics.json"), final)
         print("vqjax: final " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                           for k, v in sorted(final.items())), flush=True)
     manager.close()

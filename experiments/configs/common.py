@@ -78,6 +78,10 @@ def vqvae_base() -> ml_collections.ConfigDict:
     config.evals = dict(
         num_eval_batches=-1,  # -1: the whole eval split
         num_recon_images=8,
+        # Weights of metrics (python -m vqjax.convert); an empty path skips the metric with a
+        # reason. LPIPS falls back to loss.lpips_path when the loss has one.
+        lpips_path="",
+        inception_path="",  # rFID: the FID InceptionV3 on originals and reconstructions
     )
     return config
 

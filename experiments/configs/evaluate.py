@@ -1,0 +1,30 @@
+r"""Evaluates a tokenizer: a vqjax training workdir or a converted model directory.
+
+  python -m experiments.evaluate --config=experiments/configs/evaluate.py \
+    --config.model_dir=/tmp/vqgan_quickstart
+
+writes `<out>/eval.json` (default out: `<model_dir>/eval`) and prints a table: reconstruction
+MSE, PSNR, SSIM, LPIPS (with `evals.lpips_path`), rFID (with `evals.inception_path`), codebook
+usage and perplexity, bits per pixel of the code maps. Metrics without weights are skipped
+with a reason. `data.source='model'` (default) evaluates on the data the model's config names
+(its eval split); any other source uses this `data` section as training configs do, e.g.
+`--config.data.source=folder --config.data.path=/tmp/cifar/cifar10 --config.data.image_size=32`.
+"""
+
+import ml_collections
+
+from experiments.configs import common
+
+
+def get_config(arg=None) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.model_dir = ""  # a training workdir or `python -m vqjax.convert taming --out DIR`
+    config.out = ""  # '' = <model_dir>/eval
+    config.data = common.vqvae_base().data
+    config.data.source = "model"  # 'model': the model config's data; else as in training configs
+    config.data.eval_batch_size = 64
+    config.evals = dict(num_eval_batches=-1, lpips_path="", inception_path="")
+    if arg == "smoke":
+        config.data.eval_batch_size = 8
+        config.evals.num_eval_batches = 2
+    return config

@@ -1,0 +1,81 @@
+"""`python -m experiments.evaluate` and `vqjax.evaluation`: the trainer's evaluation and the
+entry point are the same functions, and metrics without weights are skipped with a reason."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.helpers import REPO_ROOT, load_config
+from vqjax import evaluation
+from vqjax.convert import save_params
+from vqjax.nets import inception, lpips
+
+
+def _evaluate_config(model_dir, out):
+    config = load_config("evaluate", "smoke")
+    config.model_dir, config.out = model_dir, out
+    return config
+
+
+def test_entry_point_computes_what_the_trainer_evaluated(trained_vqgan, tmp_path):
+    _, workdir, trained = trained_vqgan  # same eval split, batch size and batch count (smoke)
+    result = evaluation.evaluate_model(_evaluate_config(workdir, str(tmp_path)))
+    for key in ("recon_mse", "recon_psnr", "recon_ssim", "codebook_usage", "perplexity",
+                "num_eval_examples", "bits_per_pixel"):
+        np.testing.assert_allclose(result[key], trained[key], rtol=1e-6, err_msg=key)
+    # Smoke model: one code of 32 (5 bits) per 2x2 pixels.
+    assert result["bits_per_pixel"] == pytest.approx(5 / 4)
+    assert set(result["skipped"]) == {"lpips", "rfid"}
+    assert "lpips" not in result and "rfid" not in result  # skipped, never reported as 0
+    with open(tmp_path / "eval.json") as f:
+        assert json.load(f)["recon_psnr"] == result["recon_psnr"]
+
+
+def test_entry_point_with_lpips_and_inception_weights(trained_vqgan, tmp_path):
+    """Through the command line, with weights files (random, made here): LPIPS and rFID appear.
+    The process has 2 devices and the workdir was written by 4: checkpoints read across topologies."""
+    _, workdir, _ = trained_vqgan
+    rng = np.random.default_rng(0)
+
+    def random_like(shape_tree):
+        # No network init to compile: non-negative kernels of mean 1 / fan-in, so activations
+        # keep their scale through 94 layers (LPIPS heads are non-negative anyway); vectors of
+        # ones (batch-norm variances must be positive).
+        def leaf(s):
+            if len(s.shape) == 1:
+                return np.ones(s.shape, np.float32)
+            return rng.uniform(0.0, 2.0 / np.prod(s.shape[:-1]), s.shape).astype(np.float32)
+
+        return jax.tree.map(leaf, shape_tree)
+
+    images = jnp.zeros((1, 16, 16, 3))
+    lpips_shapes = jax.eval_shape(lpips.LPIPS().init, jax.random.key(0), images, images)["params"]
+    save_params(random_like(lpips_shapes), str(tmp_path / "lpips.msgpack"))
+    save_params(random_like(inception.abstract_variables()), str(tmp_path / "inception.msgpack"))
+    cmd = [sys.executable, "-m", "experiments.evaluate", "--config=experiments/configs/evaluate.py:smoke",
+           f"--config.model_dir={workdir}", f"--config.out={tmp_path / 'eval'}",
+           f"--config.evals.lpips_path={tmp_path / 'lpips.msgpack'}",
+           f"--config.evals.inception_path={tmp_path / 'inception.msgpack'}", "--config.evals.num_eval_batches=1"]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "eval" / "eval.json") as f:
+        result = json.load(f)
+    assert "skipped" not in result
+    assert result["lpips"] > 0 and np.isfinite(result["rfid"]) and result["rfid"] >= 0
+    assert "rfid" in proc.stdout and "recon_ssim" in proc.stdout  # the printed table
+
+
+def test_missing_model_and_weights_are_sentences(tmp_path):
+    with pytest.raises(ValueError, match="config.model_dir is empty"):
+        evaluation.evaluate_model(_evaluate_config("", str(tmp_path)))
+    with pytest.raises(ValueError, match="no config.json"):
+        evaluation.evaluate_model(_evaluate_config(str(tmp_path), str(tmp_path)))
+    with pytest.raises(ValueError, match="python -m vqjax.convert inception"):
+        evaluation.load_evaluators("", str(tmp_path / "absent.msgpack"))
