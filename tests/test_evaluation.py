@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import REPO_ROOT, load_config
-from vqjax import evaluation
+from vqjax import evaluation, parallel
 from vqjax.convert import save_params
 from vqjax.nets import inception, lpips
 
@@ -79,3 +79,28 @@ def test_missing_model_and_weights_are_sentences(tmp_path):
         evaluation.evaluate_model(_evaluate_config(str(tmp_path), str(tmp_path)))
     with pytest.raises(ValueError, match="python -m vqjax.convert inception"):
         evaluation.load_evaluators("", str(tmp_path / "absent.msgpack"))
+
+
+def test_usage_over_a_split_counts_only_real_images():
+    """Constructed codes through the eval loop: padded rows (mask 0) count for nothing."""
+    num_codes = 8
+
+    def reconstruct(weights, images):  # perfect reconstruction; each image's code is its value
+        codes = jnp.broadcast_to(images[:, :1, :1, 0].astype(jnp.int32), (images.shape[0], 2, 2))
+        return images, codes
+
+    def batch(codes, mask):
+        images = np.broadcast_to(np.asarray(codes, np.float32)[:, None, None, None], (4, 16, 16, 3))
+        return {"image": np.array(images), "mask": np.asarray(mask, np.float32)}
+
+    batches = [batch([0, 0, 1, 2], [1, 1, 1, 1]), batch([3, 3, 7, 7], [1, 1, 0, 0])]
+    mesh = parallel.make_mesh()
+    eval_step = jax.jit(evaluation.make_eval_step(reconstruct, num_codes), out_shardings=parallel.replicated(mesh))
+    result = evaluation.evaluate(eval_step, None, batches, mesh, num_codes=num_codes, code_bits=0.0,
+                                 evaluators=evaluation.Evaluators())
+    counts = np.array([8, 4, 4, 8], np.float64)  # codes 0..3, four positions per image; 7 is padding
+    probs = counts / counts.sum()
+    assert result["num_eval_examples"] == 6
+    assert result["codebook_usage"] == pytest.approx(4 / num_codes)
+    assert result["perplexity"] == pytest.approx(np.exp(-np.sum(probs * np.log(probs))), rel=1e-6)
+    assert result["recon_mse"] == 0.0 and result["recon_ssim"] == pytest.approx(1.0, abs=1e-6)

@@ -22,7 +22,9 @@ import os
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax import serialization, struct
+from flax import struct
+
+from vqjax.nets import weights_file
 
 IMAGE_SIZE = 299
 NUM_CLASSES = 1008  # 1000 ImageNet classes plus 8 unused ones of the TensorFlow graph
@@ -221,28 +223,4 @@ def load_variables(path: str) -> dict:
         raise ValueError(f"The FID InceptionV3 needs a weights file but the path is empty; {_HOW}.")
     if not os.path.isfile(path):
         raise ValueError(f"The FID InceptionV3 weights path {path!r} is not a file; {_HOW}.")
-    with open(path, "rb") as f:
-        try:
-            variables = serialization.msgpack_restore(f.read())
-        except Exception as err:  # msgpack raises several types for a foreign file
-            what = type(err).__name__
-            raise ValueError(f"{path} is not an InceptionV3 weights file ({what}); {_HOW}.") from None
-    if not isinstance(variables, dict):
-        raise ValueError(f"{path} is not an InceptionV3 weights file (it holds a "
-                         f"{type(variables).__name__}); {_HOW}.")
-    check_shapes(variables, abstract_variables(), path)
-    return jax.tree.map(jnp.asarray, variables)
-
-
-def check_shapes(variables: dict, expected: dict, source: str) -> None:
-    """Every expected array is present with its shape; else a sentence naming the first one."""
-    flat = {"/".join(str(k.key) for k in path): leaf
-            for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]}
-    for path, want in jax.tree_util.tree_flatten_with_path(expected)[0]:
-        name = "/".join(str(k.key) for k in path)
-        got = getattr(flat.get(name), "shape", None)
-        if got is None or tuple(got) != tuple(want.shape):
-            raise ValueError(
-                f"{source}: InceptionV3 weight {name} is {'missing' if got is None else tuple(got)}, "
-                f"expected {tuple(want.shape)}; regenerate the file with `python -m vqjax.convert inception`."
-            )
+    return weights_file.read(path, abstract_variables(), "InceptionV3", _HOW)

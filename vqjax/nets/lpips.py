@@ -19,7 +19,8 @@ import os
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax import serialization
+
+from vqjax.nets import weights_file
 
 # torchvision's vgg16().features up to relu5_3: conv widths per stage; each stage's last ReLU is
 # a tap, and stages after the first start with a 2x2 max-pool.
@@ -85,26 +86,6 @@ def load_params(path: str) -> dict:
         raise ValueError(f"The perceptual loss needs LPIPS weights but config.loss.lpips_path is empty; {how}.")
     if not os.path.isfile(path):
         raise ValueError(f"config.loss.lpips_path is {path!r}, which is not a file; {how}.")
-    with open(path, "rb") as f:
-        try:
-            params = serialization.msgpack_restore(f.read())
-        except Exception as err:  # msgpack raises several types for a foreign file
-            raise ValueError(f"{path} is not an LPIPS weights file ({type(err).__name__}); {how}.") from None
     expected = jax.eval_shape(LPIPS().init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
                               jnp.zeros((1, 32, 32, 3)))["params"]
-    check_shapes(params, expected, path)
-    return jax.tree.map(jnp.asarray, params)
-
-
-def check_shapes(params: dict, expected: dict, source: str) -> None:
-    """Every expected array is present with its shape; else a sentence naming the first one."""
-    flat = {"/".join(str(k.key) for k in path): leaf
-            for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
-    for path, want in jax.tree_util.tree_flatten_with_path(expected)[0]:
-        name = "/".join(str(k.key) for k in path)
-        got = flat.get(name)
-        if got is None or tuple(got.shape) != tuple(want.shape):
-            raise ValueError(
-                f"{source}: LPIPS weight {name} is {'missing' if got is None else tuple(got.shape)}, "
-                f"expected {tuple(want.shape)}; regenerate the file with `python -m vqjax.convert lpips`."
-            )
+    return weights_file.read(path, expected, "LPIPS", how)
