@@ -7,6 +7,14 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One compilation cache for this session (new each run, so nothing carries over between runs):
+# the trainer builds fresh closures on every call, so resumed runs and entry-point
+# subprocesses would otherwise recompile identical programs.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="vqjax_test_jit_cache_")
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.3"
 
 import sys  # noqa: E402
 
@@ -20,6 +28,14 @@ import jax  # noqa: E402
 
 def pytest_configure(config):
     assert jax.device_count() == 4, "tests/conftest.py must run before anything imports JAX"
+
+
+def pytest_unconfigure(config):
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", "")
+    if os.path.basename(cache).startswith("vqjax_test_jit_cache_"):
+        import shutil
+
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 import pytest  # noqa: E402

@@ -85,12 +85,12 @@ def test_usage_over_a_split_counts_only_real_images():
     """Constructed codes through the eval loop: padded rows (mask 0) count for nothing."""
     num_codes = 8
 
-    def reconstruct(weights, images):  # perfect reconstruction; each image's code is its value
-        codes = jnp.broadcast_to(images[:, :1, :1, 0].astype(jnp.int32), (images.shape[0], 2, 2))
-        return images, codes
+    def reconstruct(weights, images):  # perfect reconstruction; each image's code is 8 x its value
+        codes = jnp.round(images[:, :1, :1, 0] * 8).astype(jnp.int32)
+        return images, jnp.broadcast_to(codes, (images.shape[0], 2, 2))
 
     def batch(codes, mask):
-        images = np.broadcast_to(np.asarray(codes, np.float32)[:, None, None, None], (4, 16, 16, 3))
+        images = np.broadcast_to(np.asarray(codes, np.float32)[:, None, None, None] / 8, (4, 16, 16, 3))
         return {"image": np.array(images), "mask": np.asarray(mask, np.float32)}
 
     batches = [batch([0, 0, 1, 2], [1, 1, 1, 1]), batch([3, 3, 7, 7], [1, 1, 0, 0])]

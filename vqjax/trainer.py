@@ -341,7 +341,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
     save_reconstructions(reconstruct, state, config, mesh, os.path.join(workdir, "reconstructions.png"))
     if is_main:
         checkpoints.write_json(os.path.join(workdir, "metrics.json"), final)
-        print("vqjax: final " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                          for k, v in sorted(final.items())), flush=True)
+        skipped = f"; skipped: {', '.join(final['skipped'])}" if final.get("skipped") else ""
+        print(f"vqjax: final {evaluation.log_line(dict(sorted(final.items())))}{skipped}", flush=True)
     manager.close()
     return final
