@@ -12,7 +12,6 @@ a one-line reason, never reported as 0.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from typing import Any, Callable, Iterable, Optional
 
@@ -148,9 +147,8 @@ def code_bits_per_pixel(reconstruct: Reconstruct, weights: Any, image_shape: tup
 
 
 def log_line(result: dict) -> str:
-    """One line for logs: the numeric metrics."""
-    return ", ".join(f"{k}={v:.4g}" for k, v in result.items()
-                     if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)))
+    """One line for logs: the numeric metrics (a NaN shows as nan, it is not hidden)."""
+    return ", ".join(f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, (int, float)))
 
 
 # ----------------------------------------------------------------------------------------
