@@ -230,8 +230,8 @@ def _with(yaml_model, **ddconfig):
 
 def test_a_config_that_does_not_describe_the_checkpoint_names_the_tensor(attention_checkpoint):
     yaml_model, state = attention_checkpoint
-    with pytest.raises(ValueError, match=r"tensor decoder.conv_in.bias has shape \(64,\) but the YAML "
-                                         r"config needs \(128,\)"):
+    with pytest.raises(ValueError, match=r"tensor decoder.conv_in.bias has shape \(64,\), expected "
+                                         r"\(128,\)"):
         _convert(_with(yaml_model, ch=64), state)
     with pytest.raises(ValueError, match=r"no tensor decoder.up.0.block.2.conv1.bias \(vqjax decoder/up_0_block_2/conv1/bias, shape \(32,\)\)"):
         _convert(_with(yaml_model, num_res_blocks=2), state)

@@ -40,6 +40,11 @@ class Evaluators:
         """Arguments of the compiled eval step (weights are arguments, not baked-in constants)."""
         return (self.lpips_params, self.inception_variables)
 
+    def place(self, sharding) -> "Evaluators":
+        """The same evaluators with their weights put on the mesh once."""
+        lpips_params, inception_variables = jax.device_put(self.frozen, sharding)
+        return dataclasses.replace(self, lpips_params=lpips_params, inception_variables=inception_variables)
+
 
 def load_evaluators(lpips_path: str = "", inception_path: str = "") -> Evaluators:
     """LPIPS and FID-Inception weights from the converter's files; an empty path skips the metric
@@ -180,8 +185,7 @@ def evaluate_model(config, *, devices=None) -> dict:
 
     reconstruct = tokenizer.reconstruct_fn()
     eval_step = jax.jit(make_eval_step(reconstruct, tokenizer.num_codes), out_shardings=replicated)
-    evaluators = load_evaluators(config.evals.lpips_path, config.evals.inception_path)
-    evaluators.lpips_params, evaluators.inception_variables = jax.device_put(evaluators.frozen, replicated)
+    evaluators = load_evaluators(config.evals.lpips_path, config.evals.inception_path).place(replicated)
     weights = jax.device_put(tokenizer.weights, replicated)
     image_shape = (data_cfg.eval_batch_size, data_cfg.image_size, data_cfg.image_size, data_cfg.channels)
     code_bits = code_bits_per_pixel(reconstruct, weights, image_shape, tokenizer.num_codes)

@@ -244,8 +244,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
     eval_step = jax.jit(evaluation.make_eval_step(steps.make_reconstruct(model), config.quantizer.num_codes),
                         out_shardings=replicated)
     reconstruct = jax.jit(steps.make_reconstruct(model), out_shardings=replicated)
-    evaluators = load_evaluators(config)
-    evaluators.lpips_params, evaluators.inception_variables = jax.device_put(evaluators.frozen, replicated)
+    evaluators = load_evaluators(config).place(replicated)
 
     # --- State: the workdir's latest checkpoint, else config.init_from, else scratch.
     manager = checkpoints.checkpoint_manager(workdir, config.train.keep_checkpoints)

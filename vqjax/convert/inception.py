@@ -7,10 +7,9 @@ The mapping is driven by the flax tree, so every variable of the module comes fr
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 
-from vqjax.convert.torch_io import conv_kernel, take
+from vqjax.convert.torch_io import fill_from_torch
 from vqjax.nets import inception as inception_lib
 
 # (flax collection, flax leaf) -> PyTorch leaf.
@@ -23,17 +22,10 @@ TORCH_LEAF = {
 }
 
 
-def _torch_layout(flax_shape: tuple[int, ...]) -> tuple[int, ...]:
-    """The PyTorch shape of a flax kernel shape (identity for vectors)."""
-    if len(flax_shape) == 4:  # [kh, kw, in, out] -> [out, in, kh, kw]
-        return (flax_shape[3], flax_shape[2], flax_shape[0], flax_shape[1])
-    return tuple(reversed(flax_shape))
-
-
-def _to_flax(tensor: np.ndarray) -> np.ndarray:
-    if tensor.ndim == 4:
-        return conv_kernel(tensor)
-    return np.ascontiguousarray(tensor.T)  # Linear [out, in] -> Dense [in, out]; vectors unchanged
+def tensor_name(path: tuple[str, ...]) -> str:
+    """(params, Mixed_5b, branch1x1, conv, kernel) -> Mixed_5b.branch1x1.conv.weight."""
+    collection, *modules, leaf = path
+    return ".".join([*modules, TORCH_LEAF[collection, leaf]])
 
 
 def inception_variables_from_torch(state_dict: dict[str, np.ndarray]) -> dict:
@@ -42,15 +34,5 @@ def inception_variables_from_torch(state_dict: dict[str, np.ndarray]) -> dict:
     Raises ValueError naming the tensor when one is missing or has another shape; tensors the
     module does not use (`num_batches_tracked`) are ignored.
     """
-
-    def convert(path, want: jax.ShapeDtypeStruct) -> np.ndarray:
-        collection, *modules, leaf = (str(k.key) for k in path)
-        key = ".".join([*modules, TORCH_LEAF[collection, leaf]])
-        tensor = take(state_dict, key, "--pth")
-        expected = _torch_layout(tuple(want.shape))
-        if tensor.shape != expected:
-            raise ValueError(f"--pth tensor {key!r} has shape {tensor.shape}, expected {expected} for the "
-                             "FID InceptionV3; is it pytorch-fid's pt_inception-2015-12-05-6726825d.pth?")
-        return _to_flax(tensor)
-
-    return jax.tree_util.tree_map_with_path(convert, inception_lib.abstract_variables())
+    return fill_from_torch(inception_lib.abstract_variables(), state_dict, tensor_name, "--pth",
+                           hint="is it pytorch-fid's pt_inception-2015-12-05-6726825d.pth?")

@@ -34,7 +34,7 @@ import numpy as np
 
 from vqjax import checkpoints, quantizers, steps
 from vqjax.convert.lpips import lpips_params_from_torch
-from vqjax.convert.torch_io import load_torch_state, save_params
+from vqjax.convert.torch_io import fill_from_torch, load_torch_state, save_params, to_flax
 
 # model.target (last component) -> vqjax quantizer kind.
 QUANTIZER_OF_TARGET = {
@@ -181,36 +181,9 @@ def discriminator_tensor_name(path: tuple[str, ...], n_layers: int) -> str:
     return f"loss.discriminator.main.{index}.{torch_leaf}"
 
 
-def _torch_shape(flax_shape: tuple) -> tuple:
-    """The PyTorch shape of a flax array (conv kernels are HWIO in flax, OIHW in torch)."""
-    return tuple(flax_shape[i] for i in (3, 2, 0, 1)) if len(flax_shape) == 4 else tuple(flax_shape)
-
-
-def _from_torch(value: np.ndarray, flax_shape: tuple) -> np.ndarray:
-    value = np.asarray(value, np.float32)
-    return np.ascontiguousarray(value.transpose(2, 3, 1, 0)) if len(flax_shape) == 4 else value
-
-
 def fill_tree(expected: Any, state: dict, tensor_name: Callable, source: str, used: set) -> Any:
-    """A tree shaped like `expected` (ShapeDtypeStructs) filled from `state`; each array's
-    tensor is found by `tensor_name(path)`, shape-checked and recorded in `used`."""
-
-    def fill(path, want):
-        keys = tuple(str(p.key) for p in path)
-        name = tensor_name(keys)
-        if name not in state:
-            raise ValueError(f"{source} has no tensor {name} (vqjax {'/'.join(keys)}, shape "
-                             f"{_torch_shape(want.shape)}); the YAML config describes another model "
-                             "than this checkpoint.")
-        got = state[name]
-        if tuple(got.shape) != _torch_shape(want.shape):
-            raise ValueError(f"{source}: tensor {name} has shape {tuple(got.shape)} but the YAML config "
-                             f"needs {_torch_shape(want.shape)}; is it the config this checkpoint was "
-                             "trained with?")
-        used.add(name)
-        return _from_torch(got, want.shape)
-
-    return jax.tree_util.tree_map_with_path(fill, expected)
+    return fill_from_torch(expected, state, tensor_name, source, used=used,
+                           hint="is the YAML the config this checkpoint was trained with?")
 
 
 # ----------------------------------------------------------------------------------------
@@ -257,7 +230,7 @@ def codebook_from_torch(state: dict, config, source: str, used: set) -> tuple[An
                                     embed_sum=jnp.asarray(arrays["embed_sum"]))
     extra = {}
     if extra_shapes:
-        extra["gumbel_proj"] = {"kernel": _from_torch(arrays["proj_kernel"], (1, 1, z_channels, num_codes)),
+        extra["gumbel_proj"] = {"kernel": to_flax(arrays["proj_kernel"]),
                                 "bias": arrays["proj_bias"]}
     return codebook, extra
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import pickle
 import types
+from typing import Any, Callable, Optional
 
+import jax
 import numpy as np
 from flax import serialization
 
@@ -17,6 +19,41 @@ from flax import serialization
 def conv_kernel(weight: np.ndarray) -> np.ndarray:
     """PyTorch `[out, in, kh, kw]` -> flax `[kh, kw, in, out]`."""
     return np.ascontiguousarray(np.transpose(np.asarray(weight, np.float32), (2, 3, 1, 0)))
+
+
+def torch_shape(flax_shape: tuple) -> tuple:
+    """The PyTorch shape of a flax array: conv kernels HWIO -> OIHW, dense kernels transposed."""
+    if len(flax_shape) == 4:
+        return (flax_shape[3], flax_shape[2], flax_shape[0], flax_shape[1])
+    return tuple(reversed(flax_shape))
+
+
+def to_flax(tensor: np.ndarray) -> np.ndarray:
+    """A PyTorch tensor in the layout of the flax array it becomes (inverse of `torch_shape`)."""
+    tensor = np.asarray(tensor, np.float32)
+    return conv_kernel(tensor) if tensor.ndim == 4 else np.ascontiguousarray(tensor.T)
+
+
+def fill_from_torch(expected: Any, state: dict, tensor_name: Callable, source: str, hint: str,
+                    used: Optional[set] = None) -> Any:
+    """A tree shaped like `expected` (ShapeDtypeStructs) filled from the state dict `state`: each
+    array's tensor is `state[tensor_name(path)]`, shape-checked and recorded in `used`, so no array
+    is left at random init. A missing tensor or another shape is a ValueError naming the tensor,
+    both shapes and `hint` (what is probably wrong)."""
+
+    def fill(path, want):
+        keys = tuple(str(getattr(p, "key", p)) for p in path)
+        name, wanted = tensor_name(keys), torch_shape(tuple(want.shape))
+        if name not in state:
+            raise ValueError(f"{source} has no tensor {name} (vqjax {'/'.join(keys)}, shape {wanted}); {hint}.")
+        got = tuple(state[name].shape)
+        if got != wanted:
+            raise ValueError(f"{source}: tensor {name} has shape {got}, expected {wanted}; {hint}.")
+        if used is not None:
+            used.add(name)
+        return to_flax(state[name])
+
+    return jax.tree_util.tree_map_with_path(fill, expected)
 
 
 def take(state_dict: dict, key: str, source: str) -> np.ndarray:
