@@ -1,4 +1,5 @@
-"""The shared body of the training entry points (`experiments.vqvae`, `experiments.vqgan`)."""
+"""The shared body of the training entry points (`experiments.vqvae`, `experiments.vqgan`,
+`experiments.transformer`)."""
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -10,7 +11,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def run(family: str) -> None:
-    """Parses the flags and trains; `family` ('vqvae' | 'vqgan') must match the config."""
+    """Parses the flags and trains; `family` ('vqvae' | 'vqgan' | 'transformer') must match
+    the config."""
 
     def main(argv):
         if len(argv) > 1:
@@ -20,7 +22,10 @@ def run(family: str) -> None:
         from vqjax import parallel, trainer
 
         config = _CONFIG.value
-        config_family = "vqgan" if trainer.is_gan(config) else "vqvae"
+        if "tokenizer_dir" in config:
+            config_family = "transformer"
+        else:
+            config_family = "vqgan" if trainer.is_gan(config) else "vqvae"
         if config_family != family:
             raise app.UsageError(
                 f"{config_flags.get_config_filename(flags.FLAGS['config'])} is a {config_family} "
@@ -28,6 +33,11 @@ def run(family: str) -> None:
                 f"python -m experiments.{config_family}.")
         if _MULTIHOST.value:
             parallel.initialize_distributed()
-        trainer.train_and_evaluate(config, _WORKDIR.value)
+        if family == "transformer":
+            from vqjax import prior
+
+            prior.train_and_evaluate(config, _WORKDIR.value)
+        else:
+            trainer.train_and_evaluate(config, _WORKDIR.value)
 
     app.run(main)

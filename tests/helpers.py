@@ -11,10 +11,23 @@ CONFIG_DIR = os.path.join(REPO_ROOT, "experiments", "configs")
 NOT_TRAINING = {"common.py", "evaluate.py"}
 
 
-def config_names():
-    """The training experiments' config files."""
+def _training_config_names():
     return sorted(f[:-3] for f in os.listdir(CONFIG_DIR)
                   if f.endswith(".py") and not f.startswith("_") and f not in NOT_TRAINING)
+
+
+def is_prior_config(name) -> bool:
+    return "tokenizer_dir" in load_config(name)
+
+
+def config_names():
+    """The tokenizer experiments' config files."""
+    return [name for name in _training_config_names() if not is_prior_config(name)]
+
+
+def prior_config_names():
+    """The prior (transformer) experiments' config files."""
+    return [name for name in _training_config_names() if is_prior_config(name)]
 
 
 def load_config(name, arg=None):

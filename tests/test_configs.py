@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from tests.helpers import config_names, load_config
-from vqjax import state as state_lib, steps
+from tests.helpers import config_names, load_config, prior_config_names
+from vqjax import prior, state as state_lib, steps
 
 
 @pytest.mark.parametrize("name", config_names())
@@ -58,3 +58,34 @@ def test_learning_rate_scaling_by_global_batch(lr_scaled):
     schedule = state_lib.make_schedule(config.optim, 10, global_batch_size=32)
     expected = config.optim.learning_rate * (32 if lr_scaled else 1)
     assert float(schedule(0)) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("name", prior_config_names())
+@pytest.mark.parametrize("arg", [None, "smoke"])
+def test_prior_config_builds_its_model(name, arg):
+    config = load_config(name, arg)
+    config.lock()
+    model = prior.build_model(config.model, num_codes=1024, seq_len=64)
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((2, 64), jnp.int32),
+                                               jnp.zeros((2,), jnp.int32))["params"])
+    tx = state_lib.make_optimizer(config.optim, config.train.num_steps, config.data.batch_size,
+                                  decay_mask=state_lib.decay_kernels_only)
+    jax.eval_shape(tx.init, params)
+    assert model.embed_dim % model.num_heads == 0
+    with pytest.raises(AttributeError):
+        config.sampling.top_kk = 3
+
+
+def test_prior_configs_have_the_references_settings():
+    cin = load_config("gpt_imagenet_cin")
+    model = prior.build_model(cin.model, num_codes=16384, seq_len=256)
+    params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 256), jnp.int32),
+                                               jnp.zeros((1,), jnp.int32))["params"])
+    # taming's cIN transformer: 48 layers of width 1536 over 16384 codes, about 1.4 B parameters.
+    assert 1.35e9 < state_lib.count_params(params) < 1.45e9
+    assert (cin.optim.b1, cin.optim.b2, cin.optim.weight_decay) == (0.9, 0.95, 0.01)
+    assert (cin.sampling.top_k, cin.sampling.top_p) == (600, 0.92)
+    maskgit = load_config("maskgit_imagenet")
+    assert (maskgit.model.num_layers, maskgit.model.num_heads, maskgit.model.embed_dim, maskgit.model.mlp_dim) == (24, 16, 768, 3072)
+    assert (maskgit.optim.learning_rate, maskgit.optim.b2, maskgit.optim.weight_decay, maskgit.optim.warmup_steps) == (1e-4, 0.96, 0.045, 5000)
+    assert maskgit.loss.label_smoothing == 0.1 and maskgit.sampling.choice_temperature == 4.5

@@ -62,8 +62,10 @@ def first_mismatch(saved: Any, wanted: Any) -> Optional[str]:
 
 def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:
     """Restores checkpoint `step` into `abstract_state`; a mismatch becomes one clear sentence."""
-    problem = first_mismatch(
-        manager.item_metadata(step), {"params": abstract_state.params, "codebook": abstract_state.codebook})
+    # The weights are compared first: their mismatch is the one a sentence can name usefully.
+    weights = {name: getattr(abstract_state, name) for name in ("params", "codebook")
+               if getattr(abstract_state, name, None) is not None}
+    problem = first_mismatch(manager.item_metadata(step), weights)
     if problem is None:
         try:
             return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))

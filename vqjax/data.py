@@ -251,7 +251,7 @@ def _preprocess(cfg, decode, train: bool, seed: int):
     return fn
 
 
-def _local_batch_size(batch_size: int, process_count: int) -> int:
+def local_batch_size(batch_size: int, process_count: int) -> int:
     if batch_size % process_count:
         raise DatasetError(
             f"The global batch size {batch_size} is not divisible by the {process_count} "
@@ -293,7 +293,7 @@ def make_dataset(
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     batch_size = batch_size or cfg.batch_size
-    local_batch = _local_batch_size(batch_size, process_count)
+    local_batch = local_batch_size(batch_size, process_count)
     train = (split == cfg.train_split) if train is None else train
     seed = int(cfg.seed)
     ds, count, decode = _source(cfg, split)

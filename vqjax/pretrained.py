@@ -53,8 +53,10 @@ class Tokenizer:
     projection of a GumbelQuantize model, else None).
     """
 
-    def __init__(self, config, params: Any, codebook: jax.Array, gumbel_proj: Optional[dict] = None):
+    def __init__(self, config, params: Any, codebook: jax.Array, gumbel_proj: Optional[dict] = None,
+                 step: Optional[int] = None):
         self.config = config
+        self.step = step  # the checkpoint step it was read from, when read from a directory
         self.model = steps.build_model(config.model)
         self.params = jax.tree.map(jnp.asarray, params)
         self.codebook = jnp.asarray(codebook, jnp.float32)
@@ -112,6 +114,16 @@ class Tokenizer:
         """The arrays `reconstruct_fn` takes: (params, codebook, gumbel_proj)."""
         return self.params, self.codebook, self.gumbel_proj
 
+    def encode_fn(self):
+        """A pure `encode(weights, images) -> indices [B, h, w]`, to be compiled over a mesh
+        with `self.weights`."""
+        model = self.model
+
+        def encode(weights, images):
+            return _encode_fn(model, *weights, images)[1]
+
+        return encode
+
     def reconstruct_fn(self):
         """A pure `reconstruct(weights, images) -> (reconstruction, indices)` for
         `vqjax.evaluation`, to be compiled over a mesh with `self.weights`."""
@@ -134,7 +146,7 @@ def load(directory: str) -> Tokenizer:
     """The tokenizer in `directory`: a vqjax training workdir, or a model directory written by
     `python -m vqjax.convert taming`. Both hold `config.json` and `checkpoints/`."""
     config = checkpoints.read_config(directory)
-    _, saved = checkpoints.read_latest(directory, "vqjax.pretrained.load's directory")
+    step, saved = checkpoints.read_latest(directory, "vqjax.pretrained.load's directory")
     params = saved.get("ema_params") or saved["params"]
     model = steps.build_model(config.model)
     size = config.model.get("resolution", config.data.image_size)
@@ -147,4 +159,4 @@ def load(directory: str) -> Tokenizer:
     if embedding.shape[-1] != config.model.embed_dim:
         raise ValueError(f"The codebook in {directory} has {embedding.shape} vectors but config.json "
                          f"has model.embed_dim={config.model.embed_dim}.")
-    return Tokenizer(config, params, embedding, saved.get("gumbel_proj"))
+    return Tokenizer(config, params, embedding, saved.get("gumbel_proj"), step=step)

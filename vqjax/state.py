@@ -37,6 +37,25 @@ class TrainState:
         return self.params if self.ema_params is None else self.ema_params
 
 
+@struct.dataclass
+class PriorState:
+    """The training state of a prior over code maps (vqjax.prior): no codebook, the tokenizer
+    is frozen and lives outside the state."""
+
+    step: jax.Array
+    seed: jax.Array
+    params: Any
+    opt_state: Any
+    ema_params: Any = None
+
+    def step_rng(self) -> jax.Array:
+        return jax.random.fold_in(jax.random.key(self.seed), self.step)
+
+    @property
+    def eval_params(self) -> Any:
+        return self.params if self.ema_params is None else self.ema_params
+
+
 def init_ema_params(params: Any, decay: float) -> Any:
     """The initial weight average (a copy of `params`), or None when averaging is off."""
     return jax.tree.map(jnp.copy, params) if decay > 0 else None
@@ -71,15 +90,24 @@ def make_schedule(cfg, num_steps: int, global_batch_size: int = 1) -> optax.Sche
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), main], [warmup])
 
 
-def make_optimizer(cfg, num_steps: int, global_batch_size: int = 1) -> optax.GradientTransformation:
+def decay_kernels_only(params: Any) -> Any:
+    """Weight-decay mask of minGPT / taming's transformer: dense kernels decay; biases,
+    LayerNorm scales and embeddings do not."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
+
+
+def make_optimizer(cfg, num_steps: int, global_batch_size: int = 1,
+                   decay_mask: Any = None) -> optax.GradientTransformation:
     """Adam or AdamW from `config.optim` (or `config.optim_d`), with optional global-norm
-    clipping; `global_batch_size` matters only with `cfg.scale_lr_by_batch`."""
+    clipping; `global_batch_size` matters only with `cfg.scale_lr_by_batch`; `decay_mask`
+    (AdamW) selects the parameters that decay (default: all)."""
     schedule = make_schedule(cfg, num_steps, global_batch_size)
     if cfg.name == "adam":
         tx = optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.get("eps", 1e-8))
     elif cfg.name == "adamw":
         tx = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.get("eps", 1e-8),
-                         weight_decay=cfg.weight_decay)
+                         weight_decay=cfg.weight_decay, mask=decay_mask)
     else:
         raise ValueError(f"config.optim.name is {cfg.name!r}; use 'adam' or 'adamw'.")
     if cfg.get("grad_clip_norm", 0.0):

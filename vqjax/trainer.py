@@ -18,7 +18,7 @@ import math
 import os
 import signal
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import jax
 import numpy as np
@@ -202,7 +202,76 @@ def progress_summary(metrics: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------------------
-# The loop.
+# The loop shared by every family (tokenizers here, priors in vqjax.prior).
+
+
+@dataclasses.dataclass
+class LoopResult:
+    state: Any
+    last_metrics: Optional[dict]  # host copy of the last step's metrics; None if no step ran
+    # None when this invocation trained for fewer than two steps (nothing timed after compiling).
+    examples_per_sec: Optional[float]
+    preempted: bool
+
+
+def run_loop(state, train_step: Callable, batches: Iterator, *, train_cfg, manager: ocp.CheckpointManager,
+             logger: "_Logger", last_checkpoint: Optional[int], examples_per_step: int,
+             periodic_eval: Callable[[Any], dict]) -> LoopResult:
+    """Steps `state` from its step to `train_cfg.num_steps` over global `batches`: logs every
+    `log_steps` (stopping on a non-finite loss), evaluates every `eval_steps` (not at the last
+    step: the caller's final evaluation covers it), checkpoints every `ckpt_steps` and at the
+    end, and on SIGTERM saves and returns with `preempted=True`. Closes `logger`."""
+    num_steps = int(train_cfg.num_steps)
+    start_step = int(state.step)
+    terminate = {"requested": False}
+    previous_handler = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda *_: terminate.update(requested=True))
+    timing = {"start": None, "examples": 0}
+    last_log_time, last_log_step = time.perf_counter(), start_step
+    metrics = None
+    try:
+        for step in range(start_step + 1, num_steps + 1):
+            state, metrics = train_step(state, next(batches))
+            if timing["start"] is None:  # the first step compiles: throughput starts after it
+                jax.block_until_ready(metrics)
+                timing["start"] = time.perf_counter()
+            else:
+                timing["examples"] += examples_per_step
+
+            if step % train_cfg.log_steps == 0 or step == num_steps:
+                host_metrics = jax.device_get(metrics)
+                check_finite(step, host_metrics, last_checkpoint)
+                now = time.perf_counter()
+                host_metrics["images_per_sec"] = (step - last_log_step) * examples_per_step / (now - last_log_time)
+                last_log_time, last_log_step = now, step
+                logger.scalars(step, host_metrics, "train/")
+                logger.progress(step, progress_summary(host_metrics))
+
+            if step % train_cfg.eval_steps == 0 and step != num_steps:
+                eval_metrics = periodic_eval(state)
+                logger.scalars(step, {k: v for k, v in eval_metrics.items() if k != "skipped"}, "eval/")
+                logger.write(f"step {step}: {evaluation.log_line(eval_metrics)}")
+
+            if step % train_cfg.ckpt_steps == 0 or step == num_steps or terminate["requested"]:
+                check_finite(step, jax.device_get(metrics), last_checkpoint)
+                manager.save(step, args=ocp.args.StandardSave(state))
+                last_checkpoint = step
+            if terminate["requested"]:
+                manager.wait_until_finished()
+                logger.write(f"SIGTERM: saved step {step} to {manager.directory}; run again to resume.")
+                return LoopResult(state, jax.device_get(metrics), None, preempted=True)
+        jax.block_until_ready(state)
+        seconds = time.perf_counter() - timing["start"] if timing["start"] else 0.0
+    finally:
+        manager.wait_until_finished()
+        signal.signal(signal.SIGTERM, previous_handler)
+        logger.close()
+    return LoopResult(state, None if metrics is None else jax.device_get(metrics),
+                      timing["examples"] / seconds if timing["examples"] else None, preempted=False)
+
+
+# ----------------------------------------------------------------------------------------
+# Tokenizers.
 
 
 def _validate(config) -> None:
@@ -275,68 +344,29 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
               f"{config.quantizer.num_codes} codes, {mesh.devices.size} devices, "
               f"starting at step {start_step} of {num_steps}.", flush=True)
 
-    # --- SIGTERM (preemption): finish the current step, save, exit.
-    terminate = {"requested": False}
-    previous_handler = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, lambda *_: terminate.update(requested=True))
-
     logger = _Logger(workdir, num_steps, start_step)
-    last_checkpoint = latest
-    batches = data_lib.make_dataset(config.data, config.data.train_split, train=True,
-                                    start_step=start_step)
-    images_per_step = config.data.batch_size
-    timing = {"start": None, "images": 0}
-    last_log_time, last_log_step = time.perf_counter(), start_step
-    metrics = None
-    try:
-        for step in range(start_step + 1, num_steps + 1):
-            state, metrics = train_step(state, parallel.to_global(next(batches), mesh))
-            if timing["start"] is None:  # the first step compiles: throughput starts after it
-                jax.block_until_ready(metrics)
-                timing["start"] = time.perf_counter()
-            else:
-                timing["images"] += images_per_step
+    batches = (parallel.to_global(batch, mesh) for batch in data_lib.make_dataset(
+        config.data, config.data.train_split, train=True, start_step=start_step))
 
-            if step % config.train.log_steps == 0 or step == num_steps:
-                host_metrics = jax.device_get(metrics)
-                check_finite(step, host_metrics, last_checkpoint)
-                now = time.perf_counter()
-                host_metrics["images_per_sec"] = (step - last_log_step) * images_per_step / (now - last_log_time)
-                last_log_time, last_log_step = now, step
-                logger.scalars(step, host_metrics, "train/")
-                logger.progress(step, progress_summary(host_metrics))
+    def periodic_eval(state):
+        return evaluate(eval_step, state, config, mesh, evaluators, code_bits)
 
-            if step % config.train.eval_steps == 0 and step != num_steps:
-                eval_metrics = evaluate(eval_step, state, config, mesh, evaluators, code_bits)
-                logger.scalars(step, {k: v for k, v in eval_metrics.items() if k != "skipped"}, "eval/")
-                logger.write(f"step {step}: {evaluation.log_line(eval_metrics)}")
-
-            if step % config.train.ckpt_steps == 0 or step == num_steps or terminate["requested"]:
-                check_finite(step, jax.device_get(metrics), last_checkpoint)
-                manager.save(step, args=ocp.args.StandardSave(state))
-                last_checkpoint = step
-            if terminate["requested"]:
-                manager.wait_until_finished()
-                logger.write(f"SIGTERM: saved step {step} to {manager.directory}; run again to resume.")
-                return {"step": step, "preempted": True}
-        jax.block_until_ready(state)
-        train_seconds = time.perf_counter() - timing["start"] if timing["start"] else 0.0
-    finally:
-        manager.wait_until_finished()
-        signal.signal(signal.SIGTERM, previous_handler)
-        logger.close()
+    loop = run_loop(state, train_step, batches, train_cfg=config.train, manager=manager, logger=logger,
+                    last_checkpoint=latest, examples_per_step=config.data.batch_size,
+                    periodic_eval=periodic_eval)
+    if loop.preempted:
+        return {"step": int(loop.state.step), "preempted": True}
+    state, metrics = loop.state, loop.last_metrics
 
     # --- Final evaluation and outputs.
     final = evaluate(eval_step, state, config, mesh, evaluators, code_bits)
     final["step"] = int(state.step)
-    # None when this invocation trained for fewer than two steps (nothing timed after compiling).
-    final["images_per_sec"] = timing["images"] / train_seconds if timing["images"] else None
+    final["images_per_sec"] = loop.examples_per_sec
     if metrics is not None:
-        last = jax.device_get(metrics)
-        final["train_loss"] = float(last["loss"])
+        final["train_loss"] = float(metrics["loss"])
         for name in ("g_loss", "d_loss"):  # the GAN family's two objectives at the last step
-            if name in last:
-                final[name] = float(last[name])
+            if name in metrics:
+                final[name] = float(metrics[name])
     save_reconstructions(reconstruct, state, config, mesh, os.path.join(workdir, "reconstructions.png"))
     if is_main:
         checkpoints.write_json(os.path.join(workdir, "metrics.json"), final)

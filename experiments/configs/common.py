@@ -156,3 +156,78 @@ def shrink_for_smoke(config: ml_collections.ConfigDict) -> ml_collections.Config
     config.evals.num_eval_batches = 2
     config.evals.num_recon_images = 4
     return config
+
+
+def prior_base(kind: str) -> ml_collections.ConfigDict:
+    """A prior over a tokenizer's code maps: `kind` 'gpt' (taming's transformer: AdamW 0.9/0.95,
+    weight decay 0.01 on dense kernels) or 'maskgit' (Adam 0.9/0.96, weight decay 0.045, label
+    smoothing 0.1, cosine mask schedule, 8 decoding steps at choice temperature 4.5)."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.tokenizer_dir = ""  # a tokenizer workdir or `python -m vqjax.convert taming --out DIR`
+    config.data = vqvae_base().data
+    config.data.source = "tokenizer"  # 'tokenizer': the tokenizer's data; else as in tokenizer configs
+    config.data.update(batch_size=64, eval_batch_size=256)
+    config.tokens = dict(
+        flip=True,  # also encode mirrored images (random flips, precomputed)
+        encode_batch_size=256,
+        max_train_images=0,  # > 0: only the first N images of each split (quick trials, tests)
+        max_eval_images=0,
+    )
+    config.model = dict(
+        name=kind,
+        num_classes=0,  # 0: unconditional; else labels 0..num_classes-1 of the data
+        num_layers=12,
+        num_heads=8,
+        embed_dim=512,
+        mlp_dim=2048,
+        dropout=0.0 if kind == "gpt" else 0.1,
+        attn_dropout=0.0 if kind == "gpt" else 0.1,
+        dtype="float32",
+    )
+    config.loss = dict(
+        cond_drop=0.0,  # > 0: train the null condition too, for classifier-free guidance
+        label_smoothing=0.0 if kind == "gpt" else 0.1,
+        mask_schedule="cosine",  # MaskGIT's gamma for training masks
+    )
+    config.optim = dict(
+        name="adamw",
+        learning_rate=4.5e-4 if kind == "gpt" else 1e-4,
+        b1=0.9,
+        b2=0.95 if kind == "gpt" else 0.96,
+        eps=1e-8,
+        weight_decay=0.01 if kind == "gpt" else 0.045,
+        schedule="cosine",
+        warmup_steps=0 if kind == "gpt" else 5000,
+        final_lr_fraction=0.0,
+        grad_clip_norm=1.0,
+        scale_lr_by_batch=False,
+        params_ema_decay=0.0,
+    )
+    config.train = dict(num_steps=100_000, log_steps=100, eval_steps=5_000, ckpt_steps=5_000,
+                        keep_checkpoints=3)
+    config.evals = dict(num_eval_batches=-1)
+    config.sampling = dict(
+        seed=0,
+        num_samples=16,
+        temperature=1.0,
+        top_k=0,  # GPT: 0 = no top-k
+        top_p=1.0,  # GPT: 1 = no nucleus
+        guidance_scale=1.0,  # 1 = plain conditional; classifier-free guidance otherwise
+        num_steps=8,  # MaskGIT decoding steps
+        schedule="cosine",
+        choice_temperature=4.5,
+        inpaint_dilation=1,  # tokens around the hole also regenerated (inpainting.png)
+    )
+    return config
+
+
+def shrink_prior_for_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    config.model.update(num_layers=1, num_heads=2, embed_dim=32, mlp_dim=64)
+    config.data.update(batch_size=8, eval_batch_size=8)
+    config.tokens.update(encode_batch_size=64, max_train_images=256, max_eval_images=32)
+    config.optim.warmup_steps = 0
+    config.train.update(num_steps=4, log_steps=2, eval_steps=2, ckpt_steps=2)
+    config.evals.num_eval_batches = 2
+    config.sampling.update(num_samples=8, num_steps=4)
+    return config

@@ -1,0 +1,237 @@
+"""Priors over code maps (vqjax.prior, vqjax.tokens): likelihoods against closed forms and
+enumeration, the training masks, the token cache and batches, and the entry point end to end
+on the shared VQGAN smoke workdir."""
+
+import itertools
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.helpers import load_config
+from vqjax import parallel, pretrained, prior, tokens as tokens_lib, trainer
+from vqjax.nets.transformer import Transformer
+
+
+def tiny(causal: bool, vocab: int = 5, seq_len: int = 6, num_classes: int = 2) -> Transformer:
+    return Transformer(vocab_size=vocab, seq_len=seq_len, causal=causal, num_classes=num_classes,
+                       num_layers=1, num_heads=2, embed_dim=16, mlp_dim=32)
+
+
+def init(model: Transformer, seed: int = 0):
+    return model.init(jax.random.key(seed), jnp.zeros((1, model.seq_len), jnp.int32),
+                      jnp.zeros((1,), jnp.int32))["params"]
+
+
+def eval_nll(model, params, tokens, labels, seed=0):
+    batch = {"tokens": jnp.asarray(tokens), "label": jnp.asarray(labels),
+             "mask": jnp.ones((len(tokens),), jnp.float32)}
+    return prior.make_eval_step(model)(params, batch, jax.random.key(seed))
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_bits_per_dim_of_a_uniform_prior_is_log2_k_per_code_dimension(causal):
+    model = tiny(causal, vocab=37, seq_len=16)
+    params = init(model)
+    params["head"] = jax.tree.map(jnp.zeros_like, params["head"])  # every logit 0: uniform
+    tokens = jax.random.randint(jax.random.key(1), (8, 16), 0, 37)
+    sums = eval_nll(model, params, tokens, np.array([0, 1, 2] * 2 + [0, 1]))
+    image_shape = (16, 16, 3)  # 4x4 codes of an f4 tokenizer
+    result = prior.likelihood_metrics(float(sums["nll_sum"]), float(sums["num_examples"]), 16, image_shape)
+    assert result["bits_per_token"] == pytest.approx(math.log2(37), rel=1e-6)
+    assert result["bits_per_dim"] == pytest.approx(16 * math.log2(37) / (16 * 16 * 3), rel=1e-6)
+
+
+def test_gpt_likelihood_sums_to_one_over_all_sequences():
+    """exp(-NLL) over every sequence of a 3-code, 4-token space sums to 1 for each class: the
+    shift between inputs and targets and the causal mask make it a normalised distribution."""
+    model = tiny(True, vocab=3, seq_len=4)
+    params = init(model, seed=3)
+    every = np.asarray(list(itertools.product(range(3), repeat=4)), np.int32)
+    for label in (0, 1, model.null_label):
+        batch = {"tokens": jnp.asarray(every), "label": jnp.full((len(every),), label),
+                 "mask": jnp.ones((len(every),))}
+        logits = model.apply({"params": params}, batch["tokens"], batch["label"])
+        nll = np.asarray(jnp.sum(prior.token_nll(logits, batch["tokens"]), axis=-1), np.float64)
+        assert np.exp(-nll).sum() == pytest.approx(1.0, abs=1e-5)
+        sums = prior.make_eval_step(model)(params, batch, jax.random.key(0))
+        assert float(sums["nll_sum"]) == pytest.approx(nll.sum(), rel=1e-5)
+
+
+def test_maskgit_bound_estimate_averages_to_the_enumerated_bound():
+    """The one-draw estimate of the any-order bound, averaged over draws, equals the bound
+    computed exactly by enumerating every (m, masked subset) of a 3-token sequence."""
+    model = tiny(False, vocab=4, seq_len=3)
+    params = init(model, seed=5)
+    x = jnp.asarray([[1, 3, 0]])
+    label = jnp.asarray([1])
+    # Exact expectation: m ~ U{1..3}, then a uniform subset of size m.
+    expected = 0.0
+    for m in (1, 2, 3):
+        subsets = list(itertools.combinations(range(3), m))
+        for subset in subsets:
+            masked = np.zeros((1, 3), bool)
+            masked[0, list(subset)] = True
+            logits = model.apply({"params": params}, jnp.where(masked, model.mask_token, x), label)
+            nll = float(jnp.sum(prior.token_nll(logits, x) * masked))
+            expected += (1 / 3) * (1 / len(subsets)) * 3 / m * nll
+    # Each row of a batch draws its own (m, subset): 2000 copies of x are 2000 draws.
+    copies = 2000
+    batch = {"tokens": jnp.tile(x, (copies, 1)), "label": jnp.tile(label, copies), "mask": jnp.ones((copies,))}
+    sums = prior.make_eval_step(model)(params, batch, jax.random.key(0))
+    assert float(sums["nll_sum"]) / copies == pytest.approx(expected, rel=0.03)
+
+
+def test_maskgit_training_mask_counts_follow_the_schedule():
+    rng = jax.random.key(7)
+    masked = np.asarray(prior.maskgit_mask(rng, 512, 64, "cosine"))
+    ratio_rng, _ = jax.random.split(rng)
+    ratio = np.asarray(jax.random.uniform(ratio_rng, (512, 1)))[:, 0]
+    expected = np.maximum(1, np.ceil(np.clip(np.cos(ratio * np.pi / 2), 1e-6, 1) * 64))
+    np.testing.assert_array_equal(masked.sum(-1), expected)
+    # Cosine schedule: E[gamma(r)] = 2 / pi of the tokens masked on average.
+    assert masked.mean() == pytest.approx(2 / np.pi, abs=0.03)
+
+
+def test_condition_dropout_rate():
+    labels = jnp.zeros((20000,), jnp.int32)
+    dropped = np.asarray(prior.drop_labels(jax.random.key(0), labels, 0.1, 7))
+    assert set(np.unique(dropped)) == {0, 7}
+    assert (dropped == 7).mean() == pytest.approx(0.1, abs=0.01)
+    assert prior.drop_labels(jax.random.key(0), labels, 0.0, 7) is labels
+
+
+def test_token_batches_are_epoch_permutations_and_resume_exactly():
+    arrays = {"codes": np.arange(40 * 4).reshape(40, 2, 2).astype(np.uint16), "labels": np.arange(40, dtype=np.int32)}
+    stream = tokens_lib.batches(arrays, 8, seed=3)
+    first = [next(stream) for _ in range(10)]  # two epochs of 5 batches
+    for epoch in range(2):
+        labels = np.concatenate([b["label"] for b in first[5 * epoch : 5 * epoch + 5]])
+        assert sorted(labels) == list(range(40))
+    assert not np.array_equal(np.concatenate([b["label"] for b in first[:5]]),
+                              np.concatenate([b["label"] for b in first[5:]]))
+    for batch in first:  # tokens travel with their labels, flattened in raster order
+        np.testing.assert_array_equal(batch["tokens"], arrays["codes"][batch["label"]].reshape(8, 4))
+    resumed = tokens_lib.batches(arrays, 8, seed=3, start_step=7)
+    for expected in first[7:]:
+        np.testing.assert_array_equal(next(resumed)["label"], expected["label"])
+    padded = list(tokens_lib.eval_batches(arrays, 16))
+    assert [int(b["mask"].sum()) for b in padded] == [16, 16, 8]
+    np.testing.assert_array_equal(padded[2]["label"][:8], np.arange(32, 40))
+
+
+# ----------------------------------------------------------------------------------------
+# With a trained tokenizer (tests/conftest.py's shared VQGAN smoke workdir).
+
+
+def prior_config(kind, tokenizer_dir):
+    config = load_config("prior_quickstart", f"{kind},smoke" if kind == "gpt" else "smoke")
+    config.tokenizer_dir = tokenizer_dir
+    return config
+
+
+def test_token_cache_holds_the_tokenizers_codes_and_refuses_other_settings(trained_vqgan, tmp_path):
+    config, tokenizer_dir, _ = trained_vqgan
+    tokenizer = pretrained.load(tokenizer_dir)
+    mesh = parallel.make_mesh()
+    kwargs = dict(tokenizer=tokenizer, tokenizer_dir=tokenizer_dir, data_cfg=config.data, batch_size=16,
+                  mesh=mesh, limit=20)
+    arrays = tokens_lib.cached_codes(str(tmp_path), split="test", flip=True, **kwargs)
+    side = 32 // tokenizer.downsampling_factor
+    assert arrays["codes"].shape == (40, side, side) and arrays["codes"].dtype == np.uint16
+
+    from vqjax import data as data_lib
+
+    batch = next(data_lib.make_dataset(config.data, "test", 20, train=False))
+    _, direct = tokenizer.encode(batch["image"])
+    _, mirrored = tokenizer.encode(batch["image"][:, :, ::-1])
+    np.testing.assert_array_equal(arrays["codes"][:20], np.asarray(direct))
+    np.testing.assert_array_equal(arrays["codes"][20:], np.asarray(mirrored))
+    np.testing.assert_array_equal(arrays["labels"], np.concatenate([batch["label"]] * 2))
+
+    path = tokens_lib.cache_path(str(tmp_path), "test", True)
+    modified = os.path.getmtime(path)
+    again = tokens_lib.cached_codes(str(tmp_path), split="test", flip=True, **kwargs)
+    np.testing.assert_array_equal(again["codes"], arrays["codes"])
+    assert os.path.getmtime(path) == modified  # read, not re-encoded
+    other_data = config.data.copy_and_resolve_references()
+    other_data.image_size = 16
+    with pytest.raises(ValueError, match="made with other settings.*image_size"):
+        tokens_lib.cached_codes(str(tmp_path), split="test", flip=True, **{**kwargs, "data_cfg": other_data})
+
+
+@pytest.fixture(scope="module")
+def maskgit_run(trained_vqgan, tmp_path_factory):
+    """One MaskGIT smoke run on the shared tokenizer: (config, workdir, final metrics)."""
+    _, tokenizer_dir, _ = trained_vqgan
+    config = prior_config("maskgit", tokenizer_dir)
+    workdir = tmp_path_factory.mktemp("maskgit_run")
+    return config, workdir, prior.train_and_evaluate(config, str(workdir))
+
+
+def test_maskgit_prior_end_to_end(maskgit_run, trained_vqgan):
+    config, workdir, result = maskgit_run
+    assert result["step"] == config.train.num_steps
+    # evals.num_eval_batches (2) batches of 8 of the 32 cached eval code maps.
+    assert result["num_eval_examples"] == config.evals.num_eval_batches * config.data.eval_batch_size == 16
+    assert 0 < result["bits_per_token"] and np.isfinite(result["bits_per_dim"])
+    codes_per_image = (32 // pretrained.load(trained_vqgan[1]).downsampling_factor) ** 2
+    assert result["bits_per_dim"] == pytest.approx(result["bits_per_token"] * codes_per_image / (32 * 32 * 3))
+    with open(workdir / "metrics.json") as f:
+        assert json.load(f)["bits_per_token"] == result["bits_per_token"]
+    samples = np.asarray(Image.open(workdir / "samples.png"))
+    inpainting = np.asarray(Image.open(workdir / "inpainting.png"))
+    # 8 samples: one row of the 8 classes; 64-pixel tiles (32x32 upscaled) with 2-pixel gaps.
+    assert samples.shape == (2 + 66, 2 + 8 * 66, 3)
+    assert inpainting.shape == (2 + 5 * 66, 2 + 8 * 66, 3)  # originals, 2 x (masked, completed)
+
+
+def test_gpt_prior_resumes_and_reuses_its_token_cache(trained_vqgan, tmp_path):
+    _, tokenizer_dir, _ = trained_vqgan
+    config = prior_config("gpt", tokenizer_dir)
+    config.train.num_steps = 2
+    prior.train_and_evaluate(config, str(tmp_path))
+    cache = tokens_lib.cache_path(str(tmp_path), "train", True)
+    modified = os.path.getmtime(cache)
+    config.train.num_steps = 4
+    result = prior.train_and_evaluate(config, str(tmp_path))
+    assert result["step"] == 4 and os.path.getmtime(cache) == modified
+    assert not (tmp_path / "inpainting.png").exists() and (tmp_path / "samples.png").exists()
+    assert result["likelihood"] == "exact"
+
+
+def test_prior_errors_are_sentences(trained_vqgan, tmp_path):
+    _, tokenizer_dir, _ = trained_vqgan
+    config = prior_config("gpt", "")
+    with pytest.raises(ValueError, match="config.tokenizer_dir is empty"):
+        prior.train_and_evaluate(config, str(tmp_path / "a"))
+    config = prior_config("gpt", tokenizer_dir)
+    config.model.num_classes = 3  # the embedded photographs have 8 labels
+    with pytest.raises(ValueError, match="num_classes is 3; set it to at least"):
+        prior.train_and_evaluate(config, str(tmp_path / "b"))
+    config = prior_config("gpt", tokenizer_dir)
+    config.model.name = "pixelcnn"
+    with pytest.raises(ValueError, match="a prior is one of"):
+        prior.train_and_evaluate(config, str(tmp_path / "c"))
+
+
+def test_loaded_prior_samples_what_the_run_sampled(maskgit_run, trained_vqgan):
+    config, workdir, _ = maskgit_run
+    loaded = prior.load(str(workdir))
+    rng = jax.random.key(int(config.sampling.seed))
+    labels = prior.sample_labels(loaded.model, config.sampling.num_samples)
+    codes = loaded.sample_codes(rng, labels)
+    side = 32 // loaded.tokenizer.downsampling_factor
+    assert codes.shape == (8, side, side)
+    # samples.png is those codes decoded: same rng, same labels, same settings.
+    images = np.asarray(loaded.sample(rng, labels))
+    np.testing.assert_array_equal(np.asarray(Image.open(workdir / "samples.png")), trainer.image_grid([images]))
+    with pytest.raises(ValueError, match="Labels must be"):
+        loaded.sample_codes(rng, [0, 99])
+    with pytest.raises(ValueError, match="holds a tokenizer, not a prior"):
+        prior.load(trained_vqgan[1])

@@ -1,0 +1,154 @@
+"""Code maps of a dataset, encoded once by a tokenizer and cached in the prior's workdir.
+
+A prior trains on code maps, not images: `cached_codes` runs the tokenizer's encoder over a
+split once (data-parallel over the mesh) and keeps the result in
+`<workdir>/tokens/<split>.npz`: `codes [N, h, w]` (uint16 when K <= 65536), `labels [N]` and
+a description of what made them (tokenizer directory and checkpoint step, data settings). A
+later run, or a resumed one, reads the file; a file made by another tokenizer or other data is
+refused rather than silently reused.
+
+Augmentation: images are encoded deterministically (centre crop); with `flip=True` the
+mirrored image is encoded too (the code map of a flipped image is not the flipped code map),
+doubling the training set as taming's and MaskGIT's random flips do.
+
+`batches` turns the arrays into a training stream that is a pure function of (seed, step), so
+a resumed run sees the batches an uninterrupted one would; `eval_batches` is one padded pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterator
+
+import jax
+import numpy as np
+
+from vqjax import data as data_lib, parallel
+
+# The data settings that change which code maps a split gives.
+_DATA_FIELDS = ("source", "name", "path", "data_dir", "image_size", "channels", "crop")
+
+
+def describe(tokenizer, tokenizer_dir: str, data_cfg, split: str, flip: bool, limit: int) -> dict:
+    return {"tokenizer_dir": os.path.abspath(tokenizer_dir), "tokenizer_step": tokenizer.step,
+            "split": split, "flip": bool(flip), "limit": int(limit),
+            **{k: data_cfg.get(k) for k in _DATA_FIELDS}}
+
+
+def encode_split(tokenizer, data_cfg, split: str, *, flip: bool, batch_size: int, mesh, limit: int = 0) -> dict:
+    """Code maps of every image of `split` (the first `limit` when > 0), and of its mirror image
+    with `flip`, in the split's order: {'codes': [N or 2N, h, w], 'labels': [N or 2N]}."""
+    replicated = parallel.replicated(mesh)
+    encode = jax.jit(tokenizer.encode_fn(), out_shardings=replicated)
+    weights = jax.device_put(tokenizer.weights, replicated)
+    codes, labels, flipped_codes = [], [], []
+    for batch in data_lib.make_dataset(data_cfg, split, batch_size, train=False):
+        # Replicated outputs hold every process's rows; the masks say which are real.
+        mask = parallel.to_global(batch["mask"], mesh)
+        valid = np.asarray(jax.device_get(mask)) > 0
+        images = parallel.to_global(batch["image"], mesh)
+        codes.append(np.asarray(jax.device_get(encode(weights, images)))[valid])
+        labels.append(np.asarray(jax.device_get(parallel.to_global(batch["label"], mesh)))[valid])
+        if flip:
+            mirrored = parallel.to_global(batch["image"][:, :, ::-1], mesh)
+            flipped_codes.append(np.asarray(jax.device_get(encode(weights, mirrored)))[valid])
+        if 0 < limit <= sum(len(c) for c in codes):
+            break
+    codes, labels = np.concatenate(codes), np.concatenate(labels)
+    if limit > 0:
+        codes, labels = codes[:limit], labels[:limit]
+        flipped_codes = [np.concatenate(flipped_codes)[:limit]] if flip else []
+    if flip:
+        codes, labels = np.concatenate([codes, np.concatenate(flipped_codes)]), np.concatenate([labels, labels])
+    dtype = np.uint16 if tokenizer.num_codes <= 2 ** 16 else np.int32
+    return {"codes": codes.astype(dtype), "labels": labels.astype(np.int32)}
+
+
+def cache_path(workdir: str, split: str, flip: bool) -> str:
+    return os.path.join(workdir, "tokens", f"{split}{'_flip' if flip else ''}.npz")
+
+
+def _save(path: str, arrays: dict, description: dict) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **arrays, description=np.asarray(json.dumps(description, sort_keys=True)))
+    os.replace(tmp, path)  # a killed encoding leaves no half-written cache
+
+
+def _load(path: str, description: dict) -> dict:
+    with np.load(path) as saved:
+        made_by = json.loads(str(saved["description"]))
+        if made_by != description:
+            changed = sorted(k for k in set(made_by) | set(description) if made_by.get(k) != description.get(k))
+            raise ValueError(
+                f"The cached code maps {path} were made with other settings ({', '.join(changed)}: "
+                f"{[made_by.get(k) for k in changed]} there, {[description.get(k) for k in changed]} now); "
+                "train this prior in a new --workdir (or delete the tokens/ folder and the "
+                "checkpoints that were trained on them).")
+        return {"codes": saved["codes"], "labels": saved["labels"]}
+
+
+def cached_codes(workdir: str, tokenizer, tokenizer_dir: str, data_cfg, split: str, *, flip: bool,
+                 batch_size: int, mesh, limit: int = 0) -> dict:
+    """The code maps of `split`, read from the workdir's cache, or encoded and cached."""
+    path = cache_path(workdir, split, flip)
+    description = describe(tokenizer, tokenizer_dir, data_cfg, split, flip, limit)
+    if os.path.exists(path):
+        return _load(path, description)
+    arrays = encode_split(tokenizer, data_cfg, split, flip=flip, batch_size=batch_size, mesh=mesh, limit=limit)
+    if jax.process_index() == 0:
+        _save(path, arrays, description)
+    return arrays
+
+
+# ----------------------------------------------------------------------------------------
+# Batches.
+
+
+def batches(arrays: dict, batch_size: int, *, seed: int, start_step: int = 0) -> Iterator[dict]:
+    """Endless host-local training batches {'tokens': int32 [b, h*w], 'label': [b]}.
+
+    The stream is the concatenation of per-epoch permutations (seeded by (seed, epoch)); batch s
+    is its slice [s * B, (s + 1) * B), so resuming at `start_step` needs no replay. Each process
+    takes its contiguous part of every global batch.
+    """
+    count = len(arrays["labels"])
+    local = data_lib.local_batch_size(batch_size, jax.process_count())
+    offset = jax.process_index() * local
+    codes = arrays["codes"].reshape(count, -1)
+    permutations = {}  # the epochs the current batch spans (at most a few)
+
+    def permutation(epoch: int) -> np.ndarray:
+        if epoch not in permutations:
+            if len(permutations) > 2:
+                permutations.pop(min(permutations))
+            permutations[epoch] = np.random.default_rng([seed, epoch]).permutation(count)
+        return permutations[epoch]
+
+    step = start_step
+    while True:
+        positions = step * batch_size + offset + np.arange(local)
+        epochs = positions // count
+        rows = np.empty(local, np.int64)
+        for epoch in np.unique(epochs):
+            here = epochs == epoch
+            rows[here] = permutation(int(epoch))[positions[here] % count]
+        yield {"tokens": codes[rows].astype(np.int32), "label": arrays["labels"][rows]}
+        step += 1
+
+
+def eval_batches(arrays: dict, batch_size: int, num_batches: int = -1) -> Iterator[dict]:
+    """One pass in order, padded to whole batches ({'tokens', 'label', 'mask'}); every process
+    gets the same number of batches."""
+    count = len(arrays["labels"])
+    local = data_lib.local_batch_size(batch_size, jax.process_count())
+    codes = arrays["codes"].reshape(count, -1)
+    total = -(-count // batch_size)
+    total = total if num_batches < 0 else min(total, num_batches)
+    for i in range(total):
+        rows = i * batch_size + jax.process_index() * local + np.arange(local)
+        valid = rows < count
+        rows = np.where(valid, rows, 0)
+        yield {"tokens": codes[rows].astype(np.int32), "label": arrays["labels"][rows],
+               "mask": valid.astype(np.float32)}
