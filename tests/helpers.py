@@ -32,3 +32,43 @@ def prior_config_names():
 
 def load_config(name, arg=None):
     return importlib.import_module(f"experiments.configs.{name}").get_config(arg)
+
+
+def random_transformer_params(model, seed: int):
+    """Parameters drawn in numpy for the shapes of `model.init` (traced, never run: eager
+    initialisation compiles every op). N(0, 0.3) weights, LayerNorm scales 1 + N(0, 0.3): the
+    N(0, 0.02) initialisation gives near-uniform logits, these make every input matter (logit
+    std ~2 over the vocabulary)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, model.seq_len), jnp.int32),
+                            jnp.zeros((1,), jnp.int32))["params"]
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        values = 0.3 * rng.standard_normal(leaf.shape)
+        if jax.tree_util.keystr(path).endswith("['scale']"):
+            values += 1.0
+        return jnp.asarray(values, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def random_frozen_weights(shape_tree, seed: int = 0):
+    """Random weights for a frozen network (LPIPS, the FID Inception) without an init to compile:
+    non-negative kernels of mean 1 / fan-in, so activations keep their scale through 94 layers
+    (LPIPS heads are non-negative anyway); vectors of ones (batch-norm variances must be
+    positive)."""
+    import jax
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+
+    def leaf(s):
+        if len(s.shape) == 1:
+            return np.ones(s.shape, np.float32)
+        return rng.uniform(0.0, 2.0 / np.prod(s.shape[:-1]), s.shape).astype(np.float32)
+
+    return jax.tree.map(leaf, shape_tree)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import REPO_ROOT, load_config
+from tests.helpers import REPO_ROOT, load_config, random_frozen_weights
 from vqjax import evaluation, parallel
 from vqjax.convert import save_params
 from vqjax.nets import inception, lpips
@@ -41,23 +41,10 @@ def test_entry_point_with_lpips_and_inception_weights(trained_vqgan, tmp_path):
     """Through the command line, with weights files (random, made here): LPIPS and rFID appear.
     The process has 2 devices and the workdir was written by 4: checkpoints read across topologies."""
     _, workdir, _ = trained_vqgan
-    rng = np.random.default_rng(0)
-
-    def random_like(shape_tree):
-        # No network init to compile: non-negative kernels of mean 1 / fan-in, so activations
-        # keep their scale through 94 layers (LPIPS heads are non-negative anyway); vectors of
-        # ones (batch-norm variances must be positive).
-        def leaf(s):
-            if len(s.shape) == 1:
-                return np.ones(s.shape, np.float32)
-            return rng.uniform(0.0, 2.0 / np.prod(s.shape[:-1]), s.shape).astype(np.float32)
-
-        return jax.tree.map(leaf, shape_tree)
-
     images = jnp.zeros((1, 16, 16, 3))
     lpips_shapes = jax.eval_shape(lpips.LPIPS().init, jax.random.key(0), images, images)["params"]
-    save_params(random_like(lpips_shapes), str(tmp_path / "lpips.msgpack"))
-    save_params(random_like(inception.abstract_variables()), str(tmp_path / "inception.msgpack"))
+    save_params(random_frozen_weights(lpips_shapes), str(tmp_path / "lpips.msgpack"))
+    save_params(random_frozen_weights(inception.abstract_variables()), str(tmp_path / "inception.msgpack"))
     cmd = [sys.executable, "-m", "experiments.evaluate", "--config=experiments/configs/evaluate.py:smoke",
            f"--config.model_dir={workdir}", f"--config.out={tmp_path / 'eval'}",
            f"--config.evals.lpips_path={tmp_path / 'lpips.msgpack'}",

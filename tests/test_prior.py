@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import load_config
+from tests.helpers import load_config, random_frozen_weights
 from vqjax import parallel, pretrained, prior, tokens as tokens_lib, trainer
+from vqjax.convert import save_params
+from vqjax.nets import inception
 from vqjax.nets.transformer import Transformer
 
 
@@ -171,6 +173,9 @@ def maskgit_run(trained_vqgan, tmp_path_factory):
     _, tokenizer_dir, _ = trained_vqgan
     config = prior_config("maskgit", tokenizer_dir)
     workdir = tmp_path_factory.mktemp("maskgit_run")
+    # FID / IS / KID of the samples, with random Inception weights made here.
+    config.evals.inception_path = str(workdir / "inception.msgpack")
+    save_params(random_frozen_weights(inception.abstract_variables()), config.evals.inception_path)
     return config, workdir, prior.train_and_evaluate(config, str(workdir))
 
 
@@ -184,6 +189,9 @@ def test_maskgit_prior_end_to_end(maskgit_run, trained_vqgan):
     assert result["bits_per_dim"] == pytest.approx(result["bits_per_token"] * codes_per_image / (32 * 32 * 3))
     with open(workdir / "metrics.json") as f:
         assert json.load(f)["bits_per_token"] == result["bits_per_token"]
+    assert result["num_fid_samples"] == result["num_fid_real"] == 16
+    assert np.isfinite(result["fid"]) and result["fid"] >= 0 and np.isfinite(result["kid"])
+    assert 1.0 <= result["inception_score"] <= 1008 and "skipped" not in result
     samples = np.asarray(Image.open(workdir / "samples.png"))
     inpainting = np.asarray(Image.open(workdir / "inpainting.png"))
     # 8 samples: one row of the 8 classes; 64-pixel tiles (32x32 upscaled) with 2-pixel gaps.
@@ -203,6 +211,7 @@ def test_gpt_prior_resumes_and_reuses_its_token_cache(trained_vqgan, tmp_path):
     assert result["step"] == 4 and os.path.getmtime(cache) == modified
     assert not (tmp_path / "inpainting.png").exists() and (tmp_path / "samples.png").exists()
     assert result["likelihood"] == "exact"
+    assert "fid" not in result and "python -m vqjax.convert inception" in result["skipped"]["fid"]
 
 
 def test_prior_errors_are_sentences(trained_vqgan, tmp_path):
@@ -235,3 +244,19 @@ def test_loaded_prior_samples_what_the_run_sampled(maskgit_run, trained_vqgan):
         loaded.sample_codes(rng, [0, 99])
     with pytest.raises(ValueError, match="holds a tokenizer, not a prior"):
         prior.load(trained_vqgan[1])
+
+
+def test_evaluate_entry_point_on_a_prior_gives_the_runs_likelihood(maskgit_run, tmp_path):
+    from vqjax import evaluation
+
+    config, workdir, trained = maskgit_run
+    eval_config = load_config("evaluate", "smoke")  # eval batches of 8, two of them: as the run
+    eval_config.model_dir, eval_config.out = str(workdir), str(tmp_path)
+    result = evaluation.evaluate_model(eval_config)
+    for key in ("bits_per_token", "bits_per_dim"):
+        assert result[key] == pytest.approx(trained[key], rel=1e-6)
+    assert result["num_eval_examples"] == trained["num_eval_examples"]
+    assert result["likelihood"] == trained["likelihood"]
+    assert "python -m vqjax.convert inception" in result["skipped"]["fid"]
+    with open(tmp_path / "eval.json") as f:
+        assert json.load(f)["bits_per_token"] == result["bits_per_token"]

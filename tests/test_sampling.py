@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from vqjax import sampling
+from tests.helpers import random_transformer_params
 from vqjax.nets.transformer import Transformer
 
 VOCAB, NUM_CLASSES, BATCH = 16, 3, 4
@@ -23,29 +24,12 @@ SIZES = dict(vocab_size=VOCAB, num_classes=NUM_CLASSES, num_layers=2, num_heads=
              mlp_dim=64)
 
 
-def _random_params(model: Transformer, seed: int):
-    """Parameters drawn in numpy for the shapes of `model.init` (traced, never run). N(0, 0.3)
-    weights, LayerNorm scales 1 + N(0, 0.3): unlike the N(0, 0.02) initialisation, the logits
-    are far from uniform, so the model's outputs matter to the samples."""
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((BATCH, model.seq_len), jnp.int32),
-                            jnp.zeros((BATCH,), jnp.int32))["params"]
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        values = 0.3 * rng.standard_normal(leaf.shape)
-        if jax.tree_util.keystr(path).endswith("['scale']"):
-            values += 1.0
-        return jnp.asarray(values, leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
-
-
 class Prior:
     """A model, its parameters and its jit-compiled forward pass."""
 
     def __init__(self, causal: bool, seq_len: int, seed: int):
         self.model = Transformer(seq_len=seq_len, causal=causal, **SIZES)
-        self.params = _random_params(self.model, seed)
+        self.params = random_transformer_params(self.model, seed)
         model, params = self.model, self.params
         self.forward = jax.jit(lambda tokens, labels: model.apply({"params": params}, tokens, labels))
 

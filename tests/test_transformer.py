@@ -8,33 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.helpers import random_transformer_params
 from vqjax.nets.transformer import Transformer
 
 VOCAB, SEQ_LEN, NUM_CLASSES, BATCH = 16, 12, 3, 4
 SIZES = dict(num_classes=NUM_CLASSES, num_layers=2, num_heads=4, embed_dim=32, mlp_dim=64)
 
 
-def _random_params(model: Transformer, seed: int):
-    """Parameters drawn in numpy for the shapes of `model.init` (traced, never run: eager
-    initialisation compiles every op). N(0, 0.3) weights, LayerNorm scales 1 + N(0, 0.3): the
-    N(0, 0.02) initialisation gives near-uniform logits, these make every input matter (logit
-    std ~2 over the vocabulary)."""
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((BATCH, SEQ_LEN), jnp.int32),
-                            jnp.zeros((BATCH,), jnp.int32))["params"]
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        values = 0.3 * rng.standard_normal(leaf.shape)
-        if jax.tree_util.keystr(path).endswith("['scale']"):
-            values += 1.0
-        return jnp.asarray(values, leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
-
-
 def _build(causal: bool, seed: int):
     model = Transformer(vocab_size=VOCAB, seq_len=SEQ_LEN, causal=causal, **SIZES)
-    params = _random_params(model, seed)
+    params = random_transformer_params(model, seed)
     forward = jax.jit(lambda tokens, labels: model.apply({"params": params}, tokens, labels))
     return model, params, forward
 

@@ -32,7 +32,8 @@ import numpy as np
 import optax
 from absl import logging
 
-from vqjax import checkpoints, parallel, pretrained, sampling, state as state_lib, tokens as tokens_lib, trainer
+from vqjax import (checkpoints, evaluation, parallel, pretrained, sampling, state as state_lib,
+                   tokens as tokens_lib, trainer)
 from vqjax.nets.transformer import Transformer
 
 KINDS = {"gpt": True, "maskgit": False}  # name -> causal
@@ -174,11 +175,39 @@ def sample_tokens(model: Transformer, params, rng: jax.Array, labels: jax.Array,
                                    **common, **maskgit_start)
 
 
-def sample_labels(model: Transformer, count: int) -> np.ndarray:
-    """Classes 0, 1, 2, ... in turn for a class-conditional prior, else the null label."""
+def sample_labels(model: Transformer, count: int, start: int = 0) -> np.ndarray:
+    """Classes start, start + 1, ... in turn (mod the class count) for a class-conditional
+    prior, else the null label."""
     if model.num_classes == 0:
         return np.full((count,), model.null_label, np.int32)
-    return (np.arange(count) % model.num_classes).astype(np.int32)
+    return ((start + np.arange(count)) % model.num_classes).astype(np.int32)
+
+
+def generation_metrics(config, model: Transformer, params, tokenizer, data_cfg, mesh, code_shape: tuple) -> dict:
+    """FID, IS and KID of `evals.num_fid_samples` samples (classes in turn) against as many
+    eval-split images, with `config.sampling`'s settings; skipped with a reason without
+    Inception weights."""
+    if not config.evals.inception_path:
+        return {"skipped": {"fid": "no FID Inception weights (config.evals.inception_path); make them with "
+                                   "`python -m vqjax.convert inception`"}}
+    from vqjax import data as data_lib
+    from vqjax.nets import inception
+
+    variables = jax.device_put(inception.load_variables(config.evals.inception_path), parallel.replicated(mesh))
+    batch = int(config.data.eval_batch_size)
+    num_batches = -(-int(config.evals.num_fid_samples) // batch)
+    rng = jax.random.fold_in(jax.random.key(int(config.sampling.seed)), 2)
+
+    def fake_batches():
+        for i in range(num_batches):
+            labels = sample_labels(model, batch, start=i * batch)
+            codes = sample_tokens(model, params, jax.random.fold_in(rng, i), labels, config.sampling)
+            yield tokenizer.decode_indices(codes.reshape(batch, *code_shape))
+
+    real = data_lib.make_dataset(data_cfg, data_cfg.eval_split, batch, train=False)
+    real = (b for _, b in zip(range(num_batches), real))
+    return evaluation.sample_quality(fake_batches(), real, variables, mesh,
+                                     kid_subset_size=min(1000, num_batches * batch))
 
 
 def centre_square(batch: int, size: int, keep_inside: bool) -> np.ndarray:
@@ -264,6 +293,33 @@ def load(workdir: str) -> Prior:
     return Prior(config, model, params, tokenizer, (side, side))
 
 
+def evaluate_workdir(eval_config, *, devices=None) -> dict:
+    """`python -m experiments.evaluate` on a prior's workdir (`eval_config.model_dir`): bits per
+    token and per dimension on the eval split (its batch size and count from `eval_config`)
+    and, with `evals.inception_path`, FID / IS / KID of `evals.num_fid_samples` samples."""
+    loaded = load(eval_config.model_dir)
+    config = ml_collections.ConfigDict(loaded.config.to_dict())
+    config.data.eval_batch_size = eval_config.data.eval_batch_size
+    config.evals.update(num_eval_batches=eval_config.evals.num_eval_batches,
+                        inception_path=eval_config.evals.inception_path,
+                        num_fid_samples=eval_config.evals.num_fid_samples)
+    mesh = parallel.make_mesh(devices)
+    parallel.check_batch_size(config.data.eval_batch_size, mesh, "config.data.eval_batch_size")
+    replicated = parallel.replicated(mesh)
+    data_cfg = resolve_data(config, loaded.tokenizer)
+    codes = tokens_lib.cached_codes(eval_config.model_dir, loaded.tokenizer, config.tokenizer_dir, data_cfg,
+                                    data_cfg.eval_split, flip=False, batch_size=int(config.tokens.encode_batch_size),
+                                    mesh=mesh, limit=int(config.tokens.max_eval_images))
+    eval_step = jax.jit(make_eval_step(loaded.model), out_shardings=replicated)
+    image_shape = (data_cfg.image_size, data_cfg.image_size, data_cfg.channels)
+    result = evaluate(eval_step, jax.device_put(loaded.params, replicated), codes, config, mesh,
+                      loaded.model.seq_len, image_shape)
+    result["likelihood"] = "exact" if loaded.model.causal else "any-order upper bound (one draw per code map)"
+    result.update(generation_metrics(config, loaded.model, loaded.params, loaded.tokenizer, data_cfg, mesh,
+                                     loaded.code_shape))
+    return result
+
+
 # ----------------------------------------------------------------------------------------
 # The experiment.
 
@@ -307,14 +363,8 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
     if not config.tokenizer_dir:
         raise ValueError("config.tokenizer_dir is empty; pass --config.tokenizer_dir=DIR, a tokenizer "
                          "workdir or a directory written by `python -m vqjax.convert taming`.")
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    workdir, mesh = trainer.prepare(config, workdir, devices)
     is_main = jax.process_index() == 0
-    if is_main:
-        checkpoints.write_config(workdir, config)
-    mesh = parallel.make_mesh(devices)
-    parallel.check_batch_size(config.data.batch_size, mesh)
-    parallel.check_batch_size(config.data.eval_batch_size, mesh, "config.data.eval_batch_size")
     replicated = parallel.replicated(mesh)
 
     # --- Tokens: the tokenizer's code maps of both splits, encoded once.
@@ -391,10 +441,11 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
         final["train_loss"] = float(loop.last_metrics["loss"])
     params = jax.device_get(state.eval_params)
     write_images(config, model, params, tokenizer, data_cfg, workdir, code_shape)
+    final.update(generation_metrics(config, model, params, tokenizer, data_cfg, mesh, code_shape))
     if is_main:
         checkpoints.write_json(os.path.join(workdir, "metrics.json"), final)
-        numbers = {k: v for k, v in sorted(final.items()) if isinstance(v, (int, float))}
-        print("vqjax: final " + ", ".join(f"{k}={v:.4g}" for k, v in numbers.items()), flush=True)
+        skipped = f"; skipped: {', '.join(final['skipped'])}" if final.get("skipped") else ""
+        print(f"vqjax: final {evaluation.log_line(dict(sorted(final.items())))}{skipped}", flush=True)
     return final
 
 

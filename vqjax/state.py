@@ -12,8 +12,19 @@ from flax import struct
 from vqjax.quantizers import CodebookState
 
 
+class _Stepped:
+    """The rng and evaluation weights of a state with `step`, `seed`, `params`, `ema_params`."""
+
+    def step_rng(self) -> jax.Array:
+        return jax.random.fold_in(jax.random.key(self.seed), self.step)
+
+    @property
+    def eval_params(self) -> Any:
+        return self.params if self.ema_params is None else self.ema_params
+
+
 @struct.dataclass
-class TrainState:
+class TrainState(_Stepped):
     """Everything a training run carries from step to step, as one pytree.
 
     The model and optimizer definitions are not here (they are code, rebuilt from the
@@ -29,16 +40,9 @@ class TrainState:
     # Evaluation and reconstructions use it when present.
     ema_params: Any = None
 
-    def step_rng(self) -> jax.Array:
-        return jax.random.fold_in(jax.random.key(self.seed), self.step)
-
-    @property
-    def eval_params(self) -> Any:
-        return self.params if self.ema_params is None else self.ema_params
-
 
 @struct.dataclass
-class PriorState:
+class PriorState(_Stepped):
     """The training state of a prior over code maps (vqjax.prior): no codebook, the tokenizer
     is frozen and lives outside the state."""
 
@@ -47,13 +51,6 @@ class PriorState:
     params: Any
     opt_state: Any
     ema_params: Any = None
-
-    def step_rng(self) -> jax.Array:
-        return jax.random.fold_in(jax.random.key(self.seed), self.step)
-
-    @property
-    def eval_params(self) -> Any:
-        return self.params if self.ema_params is None else self.ema_params
 
 
 def init_ema_params(params: Any, decay: float) -> Any:

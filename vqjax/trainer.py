@@ -288,20 +288,27 @@ def _validate(config) -> None:
         )
 
 
-def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
-    """Trains `config` in `workdir` (resuming if it holds checkpoints); returns final metrics."""
-    _validate(config)
+def prepare(config, workdir: str, devices=None) -> tuple[str, jax.sharding.Mesh]:
+    """The start of every run: the workdir (absolute, created, holding config.json) and the
+    mesh, checked against the batch sizes."""
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    is_main = jax.process_index() == 0
-    if is_main:
+    if jax.process_index() == 0:
         checkpoints.write_config(workdir, config)
-
-    # --- Mesh, model, optimizer, compiled steps.
     mesh = parallel.make_mesh(devices)
     parallel.check_batch_size(config.data.batch_size, mesh)
     parallel.check_batch_size(config.data.eval_batch_size, mesh, "config.data.eval_batch_size")
+    return workdir, mesh
+
+
+def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
+    """Trains `config` in `workdir` (resuming if it holds checkpoints); returns final metrics."""
+    _validate(config)
+    workdir, mesh = prepare(config, workdir, devices)
+    is_main = jax.process_index() == 0
     replicated = parallel.replicated(mesh)
+
+    # --- Model, optimizer, compiled steps.
     num_steps = int(config.train.num_steps)
     model = steps.build_model(config.model)
     family = build_family(config, model, num_steps)

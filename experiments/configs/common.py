@@ -206,7 +206,13 @@ def prior_base(kind: str) -> ml_collections.ConfigDict:
     )
     config.train = dict(num_steps=100_000, log_steps=100, eval_steps=5_000, ckpt_steps=5_000,
                         keep_checkpoints=3)
-    config.evals = dict(num_eval_batches=-1)
+    config.evals = dict(
+        num_eval_batches=-1,
+        # FID / IS / KID of num_fid_samples samples against as many eval images, with the FID
+        # Inception's weights (python -m vqjax.convert inception); '' skips them with a reason.
+        inception_path="",
+        num_fid_samples=10_000,
+    )
     config.sampling = dict(
         seed=0,
         num_samples=16,
@@ -228,6 +234,6 @@ def shrink_prior_for_smoke(config: ml_collections.ConfigDict) -> ml_collections.
     config.tokens.update(encode_batch_size=64, max_train_images=256, max_eval_images=32)
     config.optim.warmup_steps = 0
     config.train.update(num_steps=4, log_steps=2, eval_steps=2, ckpt_steps=2)
-    config.evals.num_eval_batches = 2
+    config.evals.update(num_eval_batches=2, num_fid_samples=16)
     config.sampling.update(num_samples=8, num_steps=4)
     return config

@@ -1,4 +1,4 @@
-r"""Evaluates a tokenizer: a vqjax training workdir or a converted model directory.
+r"""Evaluates a tokenizer (a vqjax training workdir or a converted model directory) or a prior.
 
   python -m experiments.evaluate --config=experiments/configs/evaluate.py \
     --config.model_dir=/tmp/vqgan_quickstart
@@ -9,6 +9,10 @@ usage and perplexity, bits per pixel of the code maps. Metrics without weights a
 with a reason. `data.source='model'` (default) evaluates on the data the model's config names
 (its eval split); any other source uses this `data` section as training configs do, e.g.
 `--config.data.source=folder --config.data.path=/tmp/cifar/cifar10 --config.data.image_size=32`.
+
+A prior's workdir (python -m experiments.transformer) gets bits per token and per dimension on
+its eval split and, with `evals.inception_path`, FID / IS / KID of `evals.num_fid_samples`
+samples against as many eval images.
 """
 
 import ml_collections
@@ -23,8 +27,10 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     config.data = common.vqvae_base().data
     config.data.source = "model"  # 'model': the model config's data; else as in training configs
     config.data.eval_batch_size = 64
-    config.evals = dict(num_eval_batches=-1, lpips_path="", inception_path="")
+    # num_fid_samples: a prior's samples for FID / IS / KID (with inception_path).
+    config.evals = dict(num_eval_batches=-1, lpips_path="", inception_path="", num_fid_samples=10_000)
     if arg == "smoke":
         config.data.eval_batch_size = 8
         config.evals.num_eval_batches = 2
+        config.evals.num_fid_samples = 16
     return config
