@@ -3,6 +3,7 @@ sizes here; outputs with converted weights in test_convert_taming.py."""
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -97,3 +98,29 @@ def test_discriminator_norms_without_running_statistics():
     assert not np.allclose(updates["batch_stats"]["norm_1"]["mean"], variables["batch_stats"]["norm_1"]["mean"])
     kernel = variables["params"]["conv_0"]["kernel"]
     assert abs(float(jnp.std(kernel)) - 0.02) < 0.005  # normal(0, 0.02) init
+
+
+def test_remat_changes_memory_not_the_function():
+    """`remat=True` keeps the parameter tree, the outputs and the gradients (dropout included,
+    its rng replayed), and really wraps the blocks in a checkpoint."""
+    from vqjax.nets.autoencoder import VQAutoencoder
+
+    sizes = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), z_channels=8,
+                 embed_dim=8, resolution=16, dropout=0.2)
+    plain, remat = VQAutoencoder(**sizes), VQAutoencoder(remat=True, **sizes)
+    images = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3), minval=-1, maxval=1)
+    params = plain.init(jax.random.key(0), images)["params"]
+    remat_params = remat.init(jax.random.key(0), images)["params"]
+    chex.assert_trees_all_equal(params, remat_params)
+
+    def loss(model, params):
+        out = model.apply({"params": params}, images, train=True, rngs={"dropout": jax.random.key(2)})
+        return jnp.mean(jnp.square(out))
+
+    value, grads = jax.value_and_grad(functools.partial(loss, plain))(params)
+    remat_value, remat_grads = jax.value_and_grad(functools.partial(loss, remat))(params)
+    np.testing.assert_allclose(remat_value, value, rtol=1e-6)
+    chex.assert_trees_all_close(remat_grads, grads, rtol=1e-4, atol=1e-6)
+    jaxpr = str(jax.make_jaxpr(jax.grad(functools.partial(loss, remat)))(params))
+    assert "checkpoint" in jaxpr or "remat" in jaxpr
+    assert "checkpoint" not in str(jax.make_jaxpr(jax.grad(functools.partial(loss, plain)))(params))

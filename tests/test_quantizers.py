@@ -38,13 +38,16 @@ class TestNearestCode:
         np.testing.assert_allclose(q.squared_distances(jnp.asarray(z), jnp.asarray(codebook)),
                                    expected, rtol=1e-5, atol=1e-5)
 
-    @pytest.mark.parametrize("max_block_elements", [q.DEFAULT_MAX_BLOCK_ELEMENTS, 7 * 64, 1])
-    def test_matches_brute_force(self, max_block_elements):
+    # 37 codes and 64 vectors: blocks of 7 codes and chunks of 5 or 10 vectors do not divide them.
+    @pytest.mark.parametrize("codes_per_block,vectors_per_chunk",
+                             [(q.CODES_PER_BLOCK, q.VECTORS_PER_CHUNK), (7, 64), (7, 5), (37, 10), (1, 1)])
+    def test_matches_brute_force(self, codes_per_block, vectors_per_chunk):
         rng = np.random.default_rng(1)
         z = rng.normal(size=(4, 16, 8)).astype(np.float32)
-        codebook = rng.normal(size=(37, 8)).astype(np.float32)  # 37: blocks do not divide K
+        codebook = rng.normal(size=(37, 8)).astype(np.float32)
         expected, _ = _np_nearest(z, codebook)
-        got = q.nearest_code(jnp.asarray(z), jnp.asarray(codebook), max_block_elements=max_block_elements)
+        got = q.nearest_code(jnp.asarray(z), jnp.asarray(codebook), codes_per_block=codes_per_block,
+                             vectors_per_chunk=vectors_per_chunk)
         chex.assert_shape(got, (4, 16))
         assert got.dtype == jnp.int32
         np.testing.assert_array_equal(np.asarray(got).ravel(), expected)
@@ -52,23 +55,24 @@ class TestNearestCode:
     def test_ties_pick_the_first_code_in_every_block_layout(self):
         codebook = jnp.asarray([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
         z = jnp.asarray([[1.0, 0.0], [0.0, 1.0]])
-        for block_elements in (q.DEFAULT_MAX_BLOCK_ELEMENTS, 2, 1):
-            np.testing.assert_array_equal(q.nearest_code(z, codebook, max_block_elements=block_elements), [0, 1])
+        for block, chunk in ((q.CODES_PER_BLOCK, q.VECTORS_PER_CHUNK), (2, 1), (1, 2), (3, 1)):
+            np.testing.assert_array_equal(
+                q.nearest_code(z, codebook, codes_per_block=block, vectors_per_chunk=chunk), [0, 1])
 
     def test_large_codebook_never_materialises_all_distances(self):
         num_vectors, num_codes, dim = 2048, 65536, 8
         z = jax.ShapeDtypeStruct((num_vectors, dim), jnp.float32)
         codebook = jax.ShapeDtypeStruct((num_codes, dim), jnp.float32)
-        compiled = jax.jit(lambda a, b: q.nearest_code(a, b, max_block_elements=1 << 22)).lower(z, codebook).compile()
+        compiled = jax.jit(q.nearest_code).lower(z, codebook).compile()
         full_matrix_bytes = num_vectors * num_codes * 4
-        assert compiled.memory_analysis().temp_size_in_bytes < full_matrix_bytes / 4
+        assert compiled.memory_analysis().temp_size_in_bytes < full_matrix_bytes / 8
 
     def test_large_codebook_is_exact(self):
         rng = np.random.default_rng(2)
         z = rng.normal(size=(256, 8)).astype(np.float32)
         codebook = rng.normal(size=(65536, 8)).astype(np.float32)
         expected, _ = _np_nearest(z, codebook)
-        got = q.nearest_code(jnp.asarray(z), jnp.asarray(codebook), max_block_elements=1 << 20)
+        got = q.nearest_code(jnp.asarray(z), jnp.asarray(codebook))
         np.testing.assert_array_equal(np.asarray(got), expected)
 
     def test_large_norm_vectors_are_exact_where_bfloat16_fails(self):
@@ -311,7 +315,7 @@ class JitAgreementTest(chex.TestCase):
         rng = np.random.default_rng(4)
         z, codebook = jnp.asarray(rng.normal(size=(64, 4))), jnp.asarray(rng.normal(size=(50, 4)))
         expected, _ = _np_nearest(z, codebook)
-        got = self.variant(lambda a, b: q.nearest_code(a, b, max_block_elements=640))(z, codebook)
+        got = self.variant(lambda a, b: q.nearest_code(a, b, codes_per_block=16, vectors_per_chunk=10))(z, codebook)
         np.testing.assert_array_equal(got, expected)
 
     @chex.variants(with_jit=True, without_jit=True)

@@ -155,7 +155,7 @@ def sample_quality(fake_batches: Iterable[jax.Array], real_batches: Iterable[dic
     replicated = parallel.replicated(mesh)
     net = inception_lib.InceptionV3()
     features = jax.jit(lambda variables, images: net.apply(variables, jnp.clip(images, -1.0, 1.0)),
-                       out_shardings=replicated)
+                       out_shardings=replicated, compiler_options=parallel.compiler_options())
     fake = metrics.FeatureStats(2048, keep=kid_subset_size)
     real = metrics.FeatureStats(2048, keep=kid_subset_size)
     logits = []
@@ -234,7 +234,8 @@ def evaluate_tokenizer(config, *, devices=None) -> dict:
     replicated = parallel.replicated(mesh)
 
     reconstruct = tokenizer.reconstruct_fn()
-    eval_step = jax.jit(make_eval_step(reconstruct, tokenizer.num_codes), out_shardings=replicated)
+    eval_step = jax.jit(make_eval_step(reconstruct, tokenizer.num_codes), out_shardings=replicated,
+                        compiler_options=parallel.compiler_options())
     evaluators = load_evaluators(config.evals.lpips_path, config.evals.inception_path).place(replicated)
     weights = jax.device_put(tokenizer.weights, replicated)
     image_shape = (data_cfg.eval_batch_size, data_cfg.image_size, data_cfg.image_size, data_cfg.channels)

@@ -56,7 +56,9 @@ class Family:
     frozen: tuple
 
 
-def build_family(config, model, num_steps: int) -> Family:
+def build_family(config, model, num_steps: int, perceptual_params: Any = None) -> Family:
+    """The family's state constructor and train step. `perceptual_params` replaces the LPIPS
+    weights of `config.loss.lpips_path` (benchmarks time the step with random ones)."""
     global_batch = int(config.data.batch_size)
     tx = state_lib.make_optimizer(config.optim, num_steps, global_batch)
     if not is_gan(config):
@@ -65,9 +67,11 @@ def build_family(config, model, num_steps: int) -> Family:
 
     disc = gan.build_discriminator(config.disc)
     tx_d = state_lib.make_optimizer(config.optim_d, num_steps, global_batch)
-    perceptual, perceptual_params = None, None
+    perceptual = None
     if config.loss.perceptual_weight > 0:
-        perceptual, perceptual_params = lpips.LPIPS(), lpips.load_params(config.loss.lpips_path)
+        perceptual = lpips.LPIPS()
+        if perceptual_params is None:
+            perceptual_params = lpips.load_params(config.loss.lpips_path)
 
     def create(rng, images):
         model_rng, disc_rng = jax.random.split(rng)
@@ -313,20 +317,23 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
     model = steps.build_model(config.model)
     family = build_family(config, model, num_steps)
     frozen = jax.device_put(family.frozen, replicated)
-    compiled_step = jax.jit(family.train_step, donate_argnums=0, out_shardings=(replicated, replicated))
+    options = parallel.compiler_options()
+    compiled_step = jax.jit(family.train_step, donate_argnums=0, out_shardings=(replicated, replicated),
+                            compiler_options=options)
     train_step = lambda state, batch: compiled_step(state, batch, *frozen)
     # Replicated outputs: every process holds all sums, features and reconstructions, and the
     # first rows are process 0's own images.
     eval_step = jax.jit(evaluation.make_eval_step(steps.make_reconstruct(model), config.quantizer.num_codes),
-                        out_shardings=replicated)
-    reconstruct = jax.jit(steps.make_reconstruct(model), out_shardings=replicated)
+                        out_shardings=replicated, compiler_options=options)
+    reconstruct = jax.jit(steps.make_reconstruct(model), out_shardings=replicated,
+                          compiler_options=options)
     evaluators = load_evaluators(config).place(replicated)
 
     # --- State: the workdir's latest checkpoint, else config.init_from, else scratch.
     manager = checkpoints.checkpoint_manager(workdir, config.train.keep_checkpoints)
     first_batch = parallel.to_global(
         next(data_lib.make_dataset(config.data, config.data.train_split, train=True)), mesh)
-    create = jax.jit(family.create, out_shardings=replicated)
+    create = jax.jit(family.create, out_shardings=replicated, compiler_options=options)
     init_rng = jax.random.key(config.seed)
     abstract_state = checkpoints.abstract_like(jax.eval_shape(create, init_rng, first_batch["image"]), replicated)
     eval_image_shape = (config.data.eval_batch_size,) + first_batch["image"].shape[1:]

@@ -102,7 +102,8 @@ def vqgan_base() -> ml_collections.ConfigDict:
         in_channels=3,
         out_ch=3,
         dropout=0.0,
-        dtype="float32",
+        dtype="float32",  # compute dtype; 'bfloat16' keeps float32 params and optimizer state
+        remat=False,  # recompute each block's activations in the backward pass
     )
     # taming's VectorQuantizer2: a codebook learned by loss, beta 0.25, uniform(-1/K, 1/K)
     # init. Dead-code restarts are our addition (taming has none); set

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vqjax.nets.blocks import AttnBlock, Downsample, MidBlock, ResnetBlock, Upsample, normalize
+from vqjax.nets.blocks import Downsample, MidBlock, Upsample, block_classes, normalize
 
 
 class Encoder(nn.Module):
@@ -30,21 +30,23 @@ class Encoder(nn.Module):
     resolution: int = 256
     dropout: float = 0.0
     dtype: jnp.dtype = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        resnet_block, attn_block = block_classes(self.remat)
         h = nn.Conv(self.ch, (3, 3), dtype=self.dtype, name="conv_in")(x.astype(self.dtype))
         resolution = self.resolution
         for level, mult in enumerate(self.ch_mult):
             for i in range(self.num_res_blocks):
-                h = ResnetBlock(self.ch * mult, self.dropout, self.dtype,
-                                name=f"down_{level}_block_{i}")(h, train=train)
+                h = resnet_block(self.ch * mult, self.dropout, self.dtype,
+                                 name=f"down_{level}_block_{i}")(h, train)
                 if resolution in self.attn_resolutions:
-                    h = AttnBlock(self.dtype, name=f"down_{level}_attn_{i}")(h)
+                    h = attn_block(self.dtype, name=f"down_{level}_attn_{i}")(h)
             if level != len(self.ch_mult) - 1:
                 h = Downsample(self.dtype, name=f"down_{level}_downsample")(h)
                 resolution //= 2
-        h = MidBlock(self.dropout, self.dtype, name="mid")(h, train=train)
+        h = MidBlock(self.dropout, self.dtype, self.remat, name="mid")(h, train=train)
         h = nn.swish(normalize("norm_out", self.dtype)(h))
         return nn.Conv(self.z_channels, (3, 3), dtype=self.dtype, name="conv_out")(h)
 
@@ -61,19 +63,21 @@ class Decoder(nn.Module):
     out_ch: int = 3
     dropout: float = 0.0
     dtype: jnp.dtype = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, z: jax.Array, *, train: bool = False) -> jax.Array:
+        resnet_block, attn_block = block_classes(self.remat)
         width = self.ch * self.ch_mult[-1]
         resolution = self.resolution // 2 ** (len(self.ch_mult) - 1)
         h = nn.Conv(width, (3, 3), dtype=self.dtype, name="conv_in")(z.astype(self.dtype))
-        h = MidBlock(self.dropout, self.dtype, name="mid")(h, train=train)
+        h = MidBlock(self.dropout, self.dtype, self.remat, name="mid")(h, train=train)
         for level in reversed(range(len(self.ch_mult))):
             for i in range(self.num_res_blocks + 1):
-                h = ResnetBlock(self.ch * self.ch_mult[level], self.dropout, self.dtype,
-                                name=f"up_{level}_block_{i}")(h, train=train)
+                h = resnet_block(self.ch * self.ch_mult[level], self.dropout, self.dtype,
+                                 name=f"up_{level}_block_{i}")(h, train)
                 if resolution in self.attn_resolutions:
-                    h = AttnBlock(self.dtype, name=f"up_{level}_attn_{i}")(h)
+                    h = attn_block(self.dtype, name=f"up_{level}_attn_{i}")(h)
             if level != 0:
                 h = Upsample(self.dtype, name=f"up_{level}_upsample")(h)
                 resolution *= 2
@@ -98,6 +102,8 @@ class VQAutoencoder(nn.Module):
     out_ch: int = 3
     dropout: float = 0.0
     dtype: jnp.dtype = jnp.float32
+    # Rematerialise every res/attention block in the backward pass (memory for compute).
+    remat: bool = False
 
     def setup(self):
         widths = [self.ch * m for m in self.ch_mult]
@@ -106,7 +112,8 @@ class VQAutoencoder(nn.Module):
                              "of 32 (GroupNorm with 32 groups); change ch or ch_mult.")
         sizes = dict(ch=self.ch, ch_mult=tuple(self.ch_mult), num_res_blocks=self.num_res_blocks,
                      attn_resolutions=tuple(self.attn_resolutions), z_channels=self.z_channels,
-                     resolution=self.resolution, dropout=self.dropout, dtype=self.dtype)
+                     resolution=self.resolution, dropout=self.dropout, dtype=self.dtype,
+                     remat=self.remat)
         self.encoder = Encoder(**sizes)
         self.decoder = Decoder(out_ch=self.out_ch, **sizes)
         # Codes are compared in float32 whatever the compute dtype.

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 
+
 def normalize(name: str | None = None, dtype: jnp.dtype = jnp.float32) -> nn.GroupNorm:
     """taming's `Normalize`: GroupNorm with 32 groups and epsilon 1e-6."""
     return nn.GroupNorm(num_groups=32, epsilon=1e-6, dtype=dtype, name=name)
@@ -27,8 +28,9 @@ class ResnetBlock(nn.Module):
     dropout: float = 0.0
     dtype: jnp.dtype = jnp.float32
 
+    # `train` is positional so that `nn.remat` can mark it static (see `block_classes`).
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         h = nn.swish(normalize("norm1", self.dtype)(x))
         h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, name="conv1")(h)
         h = nn.swish(normalize("norm2", self.dtype)(h))
@@ -82,16 +84,28 @@ class Upsample(nn.Module):
         return nn.Conv(x.shape[-1], (3, 3), dtype=self.dtype, name="conv")(x)
 
 
+def block_classes(remat: bool) -> tuple[type[nn.Module], type[nn.Module]]:
+    """`(ResnetBlock, AttnBlock)`, or with `remat` their rematerialised versions: the backward
+    pass recomputes each block's activations instead of keeping them, trading about a third
+    more compute for memory that no longer grows with the number of blocks. Parameter names
+    and values are the same either way."""
+    if not remat:
+        return ResnetBlock, AttnBlock
+    return nn.remat(ResnetBlock, static_argnums=(2,)), nn.remat(AttnBlock)
+
+
 class MidBlock(nn.Module):
     """The bottleneck shared by encoder and decoder: ResnetBlock, AttnBlock, ResnetBlock at
     constant width (taming's `mid.block_1`, `mid.attn_1`, `mid.block_2`)."""
 
     dropout: float = 0.0
     dtype: jnp.dtype = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        resnet_block, attn_block = block_classes(self.remat)
         width = x.shape[-1]
-        x = ResnetBlock(width, self.dropout, self.dtype, name="block_1")(x, train=train)
-        x = AttnBlock(self.dtype, name="attn_1")(x)
-        return ResnetBlock(width, self.dropout, self.dtype, name="block_2")(x, train=train)
+        x = resnet_block(width, self.dropout, self.dtype, name="block_1")(x, train)
+        x = attn_block(self.dtype, name="attn_1")(x)
+        return resnet_block(width, self.dropout, self.dtype, name="block_2")(x, train)

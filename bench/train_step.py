@@ -1,0 +1,261 @@
+r"""Train-step throughput of a tokenizer config, and taming-transformers' PyTorch beside it.
+
+Times the jit-compiled train step that `experiments.vqvae` / `experiments.vqgan` would run
+for --config (random images of the config's size; data loading is not timed), on one device:
+images/s (median over --steps steps after two warm-up steps), compile seconds and XLA's
+memory figure for the step (arguments + outputs + temporaries; on a GPU also the device's
+peak bytes in use).
+
+With --peer=taming (PyTorch and taming-transformers installed, the [interop] extra) it also
+times, in the same process and on the same cores, taming's modules of the identical
+architecture (`Encoder`, `Decoder`, `VectorQuantizer2`, the 1x1 quant convolutions) trained
+with L1 + VQ loss and Adam, and vqjax's train step with that same loss (the config changed
+to a codebook learned by loss, no discriminator, no LPIPS, no dead-code restarts), and prints
+vqjax / PyTorch. The config's own step is timed as well, whatever its losses.
+
+A config whose perceptual loss has no LPIPS weights is timed with random LPIPS weights (the
+same cost). Command, from the repository root (about 3 minutes on 2 CPU cores):
+
+  python bench/train_step.py --config=experiments/configs/vqgan_cifar10.py \
+      --config.data.batch_size=32 --peer=taming [--steps=10] [--json=bench/results/train_step.json]
+
+Any `--config.*` override works as in the entry points (`--config.model.dtype=bfloat16`,
+`--config.model.remat=True`). `--without=group_norm,swish` profiles by ablation: the same
+steps with those layers replaced by identities.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Callable
+
+# PyTorch first, when installed: imported after TensorFlow, torch._dynamo (which every torch
+# optimizer imports lazily) loads triton and crashes the process.
+try:
+    import torch
+    import torch._dynamo  # pylint: disable=unused-import
+except ImportError:
+    torch = None
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from vqjax import parallel, state as state_lib, steps, trainer  # pylint: disable=wrong-import-position
+from vqjax.nets import lpips  # pylint: disable=wrong-import-position
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Tokenizer config file.",
+                                          lock_config=True)
+_PEER = flags.DEFINE_enum("peer", None, ["taming"], "Also time this PyTorch reference.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per implementation.")
+_JSON = flags.DEFINE_string("json", None, "Write the figures here.")
+_WITHOUT = flags.DEFINE_list(
+    "without", [], "A profile by ablation: time the steps with these layers of the autoencoder "
+    "replaced by identities (group_norm, swish); what the step loses is what they cost.")
+flags.mark_flag_as_required("config")
+
+
+def image_shape(config) -> tuple[int, int, int, int]:
+    size = int(config.data.image_size)
+    channels = int(config.model.get("in_channels", config.data.get("channels", 3)))
+    return (int(config.data.batch_size), size, size, channels)
+
+
+def peak_memory_mb(compiled) -> float:
+    stats = compiled.memory_analysis()
+    if stats is None:
+        return float("nan")
+    return (stats.argument_size_in_bytes + stats.output_size_in_bytes
+            + stats.temp_size_in_bytes - stats.alias_size_in_bytes) / 2**20
+
+
+def device_peak_mb() -> float | None:
+    stats = jax.local_devices()[0].memory_stats()
+    return None if not stats or "peak_bytes_in_use" not in stats else stats["peak_bytes_in_use"] / 2**20
+
+
+def time_steps(step: Callable, state, num_steps: int) -> tuple[list[float], object]:
+    """Seconds of each of `num_steps` calls of `state = step(state)`, after two warm-up calls."""
+    for _ in range(2):
+        state = jax.block_until_ready(step(state))
+    times = []
+    for _ in range(num_steps):
+        start = time.perf_counter()
+        state = jax.block_until_ready(step(state))
+        times.append(time.perf_counter() - start)
+    return times, state
+
+
+def bench_vqjax(config, label: str) -> dict:
+    """images/s, compile seconds and memory of the config's train step."""
+    model = steps.build_model(config.model)
+    perceptual_params = None
+    if trainer.is_gan(config) and config.loss.perceptual_weight > 0 and not config.loss.lpips_path:
+        print("  (no LPIPS weights: the perceptual loss runs with random ones, at the same cost)")
+        both = jnp.zeros((1, 64, 64, 3), jnp.float32)
+        perceptual_params = lpips.LPIPS().init(jax.random.key(0), both, both)["params"]
+    family = trainer.build_family(config, model, int(config.train.num_steps), perceptual_params)
+    shape = image_shape(config)
+    images = jax.random.uniform(jax.random.key(1), shape, jnp.float32, -1.0, 1.0)
+    state = jax.jit(family.create)(jax.random.key(config.seed), images)
+    batch = {"image": images}
+
+    train_step = jax.jit(family.train_step, donate_argnums=0,
+                         compiler_options=parallel.compiler_options())
+    start = time.perf_counter()
+    compiled = train_step.lower(state, batch, *family.frozen).compile()
+    compile_s = time.perf_counter() - start
+
+    def step(state):
+        return compiled(state, batch, *family.frozen)[0]
+
+    times, _ = time_steps(step, state, _STEPS.value)
+    seconds = statistics.median(times)
+    result = {
+        "step": label,
+        "images_per_sec": shape[0] / seconds,
+        "step_ms": 1e3 * seconds,
+        "compile_s": compile_s,
+        "peak_mem_mb": peak_memory_mb(compiled),
+        "device_peak_mem_mb": device_peak_mb(),
+        "params": state_lib.count_params(state.params),
+    }
+    print(f"  vqjax {label}: {result['images_per_sec']:.1f} images/s ({result['step_ms']:.0f} ms "
+          f"per step of {shape[0]}), compiled in {compile_s:.1f} s, {result['peak_mem_mb']:.0f} MB, "
+          f"{result['params'] / 1e6:.2f} M autoencoder params")
+    return result
+
+
+def peer_loss_config(config):
+    """The config changed to what taming's peer trains: autoencoder + learned codebook, L1 + VQ."""
+    matched = copy.deepcopy(config)
+    with matched.unlocked():
+        for section in ("disc", "optim_d"):
+            if section in matched:
+                del matched[section]
+        matched.loss = {"reconstruction": "l1"}
+        matched.quantizer.update(kind="vq", init="uniform", dead_code_threshold=0.0)
+        matched.optim.params_ema_decay = 0.0
+    return matched
+
+
+def bench_taming(config) -> dict:
+    """taming's Encoder/Decoder/VectorQuantizer2 + quant convs, L1 + VQ loss, Adam."""
+    if torch is None:
+        raise ImportError("--peer=taming needs PyTorch and taming-transformers: "
+                          "pip install -e '.[interop]'.")
+    from taming.modules.diffusionmodules import model as taming_model  # pylint: disable=import-outside-toplevel
+    from taming.modules.vqvae import quantize as taming_quantize  # pylint: disable=import-outside-toplevel
+
+    m = config.model
+    if m.name != "vqgan":
+        raise ValueError(f"--peer=taming needs taming's autoencoder (config.model.name='vqgan'), "
+                         f"not {m.name!r}.")
+    torch.manual_seed(0)
+    ddconfig = dict(double_z=False, z_channels=m.z_channels, resolution=m.resolution,
+                    in_channels=m.in_channels, out_ch=m.out_ch, ch=m.ch, ch_mult=list(m.ch_mult),
+                    num_res_blocks=m.num_res_blocks, attn_resolutions=list(m.attn_resolutions),
+                    dropout=m.dropout)
+    modules = torch.nn.ModuleDict({
+        "encoder": taming_model.Encoder(**ddconfig),
+        "decoder": taming_model.Decoder(**ddconfig),
+        "quantize": taming_quantize.VectorQuantizer2(config.quantizer.num_codes, m.embed_dim,
+                                                     beta=float(config.quantizer.beta)),
+        "quant_conv": torch.nn.Conv2d(m.z_channels, m.embed_dim, 1),
+        "post_quant_conv": torch.nn.Conv2d(m.embed_dim, m.z_channels, 1),
+    })
+    optimizer = torch.optim.Adam(modules.parameters(), lr=1e-4,
+                                 betas=(float(config.optim.b1), float(config.optim.b2)))
+    batch, size, _, channels = image_shape(config)
+    images = torch.rand(batch, channels, size, size) * 2 - 1
+
+    def step(_):
+        h = modules["quant_conv"](modules["encoder"](images))
+        quantized, vq_loss, _ = modules["quantize"](h)
+        reconstruction = modules["decoder"](modules["post_quant_conv"](quantized))
+        loss = torch.abs(images - reconstruction).mean() + vq_loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return None
+
+    times, _ = time_steps(step, None, _STEPS.value)
+    seconds = statistics.median(times)
+    params = sum(p.numel() for name, p in modules.named_parameters() if not name.startswith("quantize"))
+    result = {"images_per_sec": batch / seconds, "step_ms": 1e3 * seconds, "params": params,
+              "torch": torch.__version__, "threads": torch.get_num_threads()}
+    print(f"  taming (PyTorch {torch.__version__}, {result['threads']} threads): "
+          f"{result['images_per_sec']:.1f} images/s ({result['step_ms']:.0f} ms per step)")
+    return result
+
+
+def remove_layers(names: list[str]) -> None:
+    """Replaces the autoencoder's GroupNorms and/or swish activations by identities."""
+    import flax.linen as nn  # pylint: disable=import-outside-toplevel
+    from vqjax.nets import autoencoder, blocks  # pylint: disable=import-outside-toplevel
+
+    class Identity(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return x
+
+    unknown = set(names) - {"group_norm", "swish"}
+    if unknown:
+        raise ValueError(f"--without takes group_norm and swish, not {sorted(unknown)}.")
+    if "group_norm" in names:
+        blocks.normalize = autoencoder.normalize = lambda name=None, dtype=None: Identity(name=name)
+    if "swish" in names:
+        nn.swish = lambda x: x  # the blocks call nn.swish at trace time
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    if _WITHOUT.value:
+        remove_layers(_WITHOUT.value)
+        print(f"PROFILE BY ABLATION: {', '.join(_WITHOUT.value)} replaced by identities")
+    device = jax.local_devices()[0]
+    config_file = config_flags.get_config_filename(flags.FLAGS["config"])
+    print(f"{config_file}, batch {config.data.batch_size}, on {device.device_kind} "
+          f"({device.platform}), jax {jax.__version__}, model dtype "
+          f"{config.model.get('dtype', 'float32')}")
+    report = {"config": config_file,
+              "batch_size": int(config.data.batch_size), "device": device.device_kind,
+              "jax": jax.__version__, "model_dtype": config.model.get("dtype", "float32"),
+              "without": _WITHOUT.value}
+    report["config_step"] = bench_vqjax(config, "config's step")
+    report.update(images_per_sec=report["config_step"]["images_per_sec"],
+                  compile_s=report["config_step"]["compile_s"],
+                  peer_images_per_sec=None, ratio=None)
+    if _PEER.value == "taming":
+        matched = bench_vqjax(peer_loss_config(config), "L1 + VQ step (the peer's loss)")
+        peer = bench_taming(config)
+        if peer["params"] != matched["params"]:
+            raise AssertionError(f"The peer has {peer['params']} parameters and vqjax "
+                                 f"{matched['params']}: not the same architecture.")
+        report.update(matched_step=matched, peer=peer,
+                      images_per_sec=matched["images_per_sec"], compile_s=matched["compile_s"],
+                      peer_images_per_sec=peer["images_per_sec"],
+                      ratio=matched["images_per_sec"] / peer["images_per_sec"])
+        print(f"vqjax / taming: {report['ratio']:.2f}x "
+              f"({matched['images_per_sec']:.1f} vs {peer['images_per_sec']:.1f} images/s, "
+              f"same {peer['params'] / 1e6:.2f} M parameters)")
+    if _JSON.value:
+        os.makedirs(os.path.dirname(os.path.abspath(_JSON.value)), exist_ok=True)
+        with open(_JSON.value, "w") as f:
+            json.dump(report, f, indent=1)
+        print(f"wrote {_JSON.value}")
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    app.run(main)
