@@ -18,7 +18,7 @@ For N vectors of dimension D and each codebook size K, in one process on the sam
 Prints ms (median of --repeats calls after one warm-up call), GFLOP/s (2 N K D / time), the
 ratio haiku / vqjax, the roofline fraction (matmul time / step time), the compute-bound
 fraction (compute-bound time / step time) and the peak memory of each compiled function (XLA's own accounting: arguments + outputs + temporaries). Command,
-from the repository root (about 2 minutes on 2 CPU cores, most of it haiku at K = 65536):
+from the repository root (about 1.5 minutes on 2 CPU cores, most of it haiku at K = 65536):
 
   python bench/quantizer.py [--num_vectors 8192] [--dim 64] [--codes 1024,16384,65536] \
       [--repeats 5] [--no_haiku] [--json bench/results/quantizer.json]
@@ -40,6 +40,7 @@ import numpy as np
 
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from common import xla_memory_mb  # pylint: disable=wrong-import-position
 from vqjax import quantizers  # pylint: disable=wrong-import-position
 
 BETA = 0.25
@@ -59,14 +60,8 @@ def time_ms(fn: Callable, *args, repeats: int) -> float:
 
 
 def peak_memory_mb(jitted: Callable, *args) -> float:
-    """Bytes XLA reserves for one call of the compiled function: arguments, outputs and the
-    largest set of live temporaries (the figure that grows with K for a one-hot matmul)."""
-    stats = jitted.lower(*args).compile().memory_analysis()
-    if stats is None:
-        return float("nan")
-    total = (stats.argument_size_in_bytes + stats.output_size_in_bytes
-             + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
-    return total / 2**20
+    """XLA's memory figure for one call (the one that grows with K for a one-hot matmul)."""
+    return xla_memory_mb(jitted.lower(*args).compile())
 
 
 def distance_matmul(z: jax.Array, codebook: jax.Array) -> jax.Array:

@@ -50,6 +50,7 @@ from ml_collections import config_flags
 
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from common import xla_memory_mb  # pylint: disable=wrong-import-position
 from vqjax import parallel, state as state_lib, steps, trainer  # pylint: disable=wrong-import-position
 from vqjax.nets import lpips  # pylint: disable=wrong-import-position
 
@@ -68,14 +69,6 @@ def image_shape(config) -> tuple[int, int, int, int]:
     size = int(config.data.image_size)
     channels = int(config.model.get("in_channels", config.data.get("channels", 3)))
     return (int(config.data.batch_size), size, size, channels)
-
-
-def peak_memory_mb(compiled) -> float:
-    stats = compiled.memory_analysis()
-    if stats is None:
-        return float("nan")
-    return (stats.argument_size_in_bytes + stats.output_size_in_bytes
-            + stats.temp_size_in_bytes - stats.alias_size_in_bytes) / 2**20
 
 
 def device_peak_mb() -> float | None:
@@ -125,7 +118,7 @@ def bench_vqjax(config, label: str) -> dict:
         "images_per_sec": shape[0] / seconds,
         "step_ms": 1e3 * seconds,
         "compile_s": compile_s,
-        "peak_mem_mb": peak_memory_mb(compiled),
+        "peak_mem_mb": xla_memory_mb(compiled),
         "device_peak_mem_mb": device_peak_mb(),
         "params": state_lib.count_params(state.params),
     }

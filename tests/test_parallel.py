@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vqjax import parallel, steps
-from tests.helpers import load_config
+from vqjax import parallel
+from vqjax.nets.blocks import ResnetBlock
 
 
 def test_cpu_options_only_on_cpu():
@@ -18,17 +18,16 @@ def test_cpu_options_only_on_cpu():
 
 
 def test_cpu_options_change_speed_not_values():
-    """The autoencoder's loss and gradients are the same compiled with and without them."""
-    config = load_config("vqgan_quickstart", "smoke")
-    model = steps.build_model(config.model)
-    images = jax.random.uniform(jax.random.key(0), (4, 32, 32, 3), minval=-1.0, maxval=1.0)
-    params = model.init(jax.random.key(1), images)["params"]
+    """A residual block's output gradients are the same compiled with and without them."""
+    block = ResnetBlock(64)
+    x = jax.random.normal(jax.random.key(0), (2, 16, 16, 32))
+    params = block.init(jax.random.key(1), x)["params"]
 
-    def loss(params):
-        return jnp.mean(jnp.abs(model.apply({"params": params}, images) - images))
+    def loss(params, x):
+        return jnp.mean(jnp.square(block.apply({"params": params}, x)))
 
-    grad = jax.value_and_grad(loss)
-    plain = jax.jit(grad)(params)
-    tuned = jax.jit(grad, compiler_options=parallel.compiler_options("cpu"))(params)
+    grad = jax.value_and_grad(loss, argnums=(0, 1))
+    plain = jax.jit(grad)(params, x)
+    tuned = jax.jit(grad, compiler_options=parallel.compiler_options("cpu"))(params, x)
     for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(tuned)):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)

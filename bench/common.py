@@ -1,0 +1,14 @@
+"""Helpers shared by the benchmark scripts (importable because `python bench/x.py` puts
+bench/ on the path)."""
+
+from __future__ import annotations
+
+
+def xla_memory_mb(compiled) -> float:
+    """MiB XLA reserves for one call of a compiled function: arguments, outputs and the largest
+    set of live temporaries, less donated (aliased) buffers; NaN where the backend does not say."""
+    stats = compiled.memory_analysis()
+    if stats is None:
+        return float("nan")
+    return (stats.argument_size_in_bytes + stats.output_size_in_bytes
+            + stats.temp_size_in_bytes - stats.alias_size_in_bytes) / 2**20
