@@ -19,6 +19,12 @@ same cost). Command, from the repository root (about 3 minutes on 2 CPU cores):
   python bench/train_step.py --config=experiments/configs/vqgan_cifar10.py \
       --config.data.batch_size=32 --peer=taming [--steps=10] [--json=bench/results/train_step.json]
 
+`--peak_tflops=P` adds the model FLOP utilisation: XLA's FLOP count of the compiled step over
+its time, divided by P (the device's peak in the compute dtype), e.g. on a GPU:
+
+  python bench/train_step.py --config=experiments/configs/vqgan_imagenet_f16_16384.py \
+      --config.model.dtype=bfloat16 --config.disc.dtype=bfloat16 --peak_tflops=989
+
 Any `--config.*` override works as in the entry points (`--config.model.dtype=bfloat16`,
 `--config.model.remat=True`). `--without=group_norm,swish` profiles by ablation: the same
 steps with those layers replaced by identities.
@@ -59,6 +65,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Tokenizer config file
 _PEER = flags.DEFINE_enum("peer", None, ["taming"], "Also time this PyTorch reference.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per implementation.")
 _JSON = flags.DEFINE_string("json", None, "Write the figures here.")
+_PEAK_TFLOPS = flags.DEFINE_float(
+    "peak_tflops", None, "The device's peak dense TFLOP/s in the step's compute dtype (e.g. 989 "
+    "for an H100 SXM in bfloat16): prints the model FLOP utilisation (MFU).")
 _WITHOUT = flags.DEFINE_list(
     "without", [], "A profile by ablation: time the steps with these layers of the autoencoder "
     "replaced by identities (group_norm, swish); what the step loses is what they cost.")
@@ -113,6 +122,11 @@ def bench_vqjax(config, label: str) -> dict:
 
     times, _ = time_steps(step, state, _STEPS.value)
     seconds = statistics.median(times)
+    # XLA's count of the compiled step's floating-point operations (all of them: forward,
+    # backward, optimizer), so TFLOP/s and MFU are of what the step really does.
+    costs = compiled.cost_analysis()
+    costs = costs[0] if isinstance(costs, (list, tuple)) else costs
+    flops = float(costs.get("flops", 0.0)) if costs else 0.0
     result = {
         "step": label,
         "images_per_sec": shape[0] / seconds,
@@ -121,10 +135,15 @@ def bench_vqjax(config, label: str) -> dict:
         "peak_mem_mb": xla_memory_mb(compiled),
         "device_peak_mem_mb": device_peak_mb(),
         "params": state_lib.count_params(state.params),
+        "step_tflop": flops / 1e12,
+        "tflops_per_sec": flops / 1e12 / seconds,
+        "mfu": flops / 1e12 / seconds / _PEAK_TFLOPS.value if _PEAK_TFLOPS.value else None,
     }
+    mfu = f", MFU {result['mfu']:.1%}" if result["mfu"] is not None else ""
     print(f"  vqjax {label}: {result['images_per_sec']:.1f} images/s ({result['step_ms']:.0f} ms "
-          f"per step of {shape[0]}), compiled in {compile_s:.1f} s, {result['peak_mem_mb']:.0f} MB, "
-          f"{result['params'] / 1e6:.2f} M autoencoder params")
+          f"per step of {shape[0]}, {1e3 * result['tflops_per_sec']:.0f} GFLOP/s{mfu}), compiled in "
+          f"{compile_s:.1f} s, {result['peak_mem_mb']:.0f} MB, {result['params'] / 1e6:.2f} M "
+          "autoencoder params")
     return result
 
 

@@ -102,12 +102,12 @@ def test_adaptive_weight_and_gradients_against_explicit_differentiation():
         g_adv = -jnp.mean(disc.apply({"params": state.disc_params}, reconstruction, train=True))
         return rec, 0.25 * jnp.mean(q.commitment_loss), g_adv  # EMA codebook: only beta * commitment
 
-    rec_grads = jax.grad(lambda p: terms(p)[0])(state.params)
-    adv_grads = jax.grad(lambda p: terms(p)[2])(state.params)
+    rec_grads = jax.jit(jax.grad(lambda p: terms(p)[0]))(state.params)
+    adv_grads = jax.jit(jax.grad(lambda p: terms(p)[2]))(state.params)
     last = lambda g: g["decoder"]["conv_out"]["kernel"]  # taming's decoder.conv_out.weight
     expected = 0.8 * np.linalg.norm(last(rec_grads)) / (np.linalg.norm(last(adv_grads)) + 1e-4)
     np.testing.assert_allclose(metrics["adaptive_weight"], expected, rtol=1e-4)
-    total_grads = jax.grad(lambda p: terms(p)[0] + terms(p)[1] + expected * terms(p)[2])(state.params)
+    total_grads = jax.jit(jax.grad(lambda p: terms(p)[0] + terms(p)[1] + expected * terms(p)[2]))(state.params)
     np.testing.assert_allclose(metrics["grad_norm"], optax.global_norm(total_grads), rtol=1e-4)
 
 

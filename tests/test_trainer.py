@@ -100,34 +100,6 @@ def _restore(workdir):
     return step, manager.restore(step)
 
 
-def test_resumed_run_matches_an_uninterrupted_one(tmp_path):
-    config = _smoke(init="kmeans++")
-    config.train.num_steps = 6
-    config.train.ckpt_steps = 3
-    straight = trainer.train_and_evaluate(config, str(tmp_path / "straight"))
-
-    config.train.num_steps = 3
-    trainer.train_and_evaluate(config, str(tmp_path / "resumed"))
-    config.train.num_steps = 6
-    resumed = trainer.train_and_evaluate(config, str(tmp_path / "resumed"))
-
-    assert straight["step"] == resumed["step"] == 6
-    np.testing.assert_allclose(resumed["train_loss"], straight["train_loss"], rtol=1e-5)
-    np.testing.assert_allclose(resumed["recon_mse"], straight["recon_mse"], rtol=1e-5)
-    _, a = _restore(str(tmp_path / "straight"))
-    _, b = _restore(str(tmp_path / "resumed"))
-    chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-6)
-
-    with open(tmp_path / "straight" / "metrics.json") as f:
-        metrics = json.load(f)
-    for key in ("step", "recon_mse", "recon_psnr", "codebook_usage", "perplexity", "images_per_sec"):
-        assert key in metrics
-    assert 0 < metrics["codebook_usage"] <= 1
-    assert (tmp_path / "straight" / "reconstructions.png").exists()
-    with open(tmp_path / "straight" / "config.json") as f:
-        assert json.load(f)["quantizer"]["num_codes"] == config.quantizer.num_codes
-
-
 def test_non_finite_loss_stops_without_saving_a_bad_checkpoint(tmp_path, monkeypatch):
     config = _smoke()
     real = data_lib.make_dataset
@@ -216,8 +188,17 @@ def test_entry_point_sigterm_saves_and_resumes(tmp_path):
     output, _ = resumed.communicate(timeout=180)
     assert resumed.returncode == 0, output
     assert f"starting at step {steps_saved[0]} of" in output
+    # (Resumed runs equal uninterrupted ones: test_vqgan_resumed_run_matches_an_uninterrupted_one,
+    # through the loop every family shares.)
     with open(workdir / "metrics.json") as f:
-        assert json.load(f)["step"] == steps_saved[0] + 2
+        metrics = json.load(f)
+    assert metrics["step"] == steps_saved[0] + 2
+    for key in ("recon_mse", "recon_psnr", "codebook_usage", "perplexity", "images_per_sec"):
+        assert key in metrics
+    assert 0 < metrics["codebook_usage"] <= 1
+    assert (workdir / "reconstructions.png").exists()
+    with open(workdir / "config.json") as f:
+        assert json.load(f)["train"]["num_steps"] == steps_saved[0] + 2
 
 
 def test_entry_point_rejects_a_misspelt_override(tmp_path):

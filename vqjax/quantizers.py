@@ -91,7 +91,9 @@ def nearest_code(
     flat, codebook = flat - center, codebook - center
     (num_vectors, dim), num_codes = flat.shape, codebook.shape[0]
 
-    block = max(1, min(codes_per_block, num_codes))
+    # A search whose whole distance matrix fits one block's budget is a single block.
+    fits_one_block = num_vectors * num_codes <= codes_per_block * vectors_per_chunk
+    block = num_codes if fits_one_block else max(1, min(codes_per_block, num_codes))
     num_blocks = -(-num_codes // block)
     padding = num_blocks * block - num_codes
     # Padded codes sit at +inf distance and can never win.
@@ -116,7 +118,7 @@ def nearest_code(
         (_, index), _ = jax.lax.scan(scan_block, init, (code_blocks, code_norms, offsets))
         return index
 
-    chunk = max(1, min(vectors_per_chunk, num_vectors))
+    chunk = num_vectors if fits_one_block else max(1, min(vectors_per_chunk, num_vectors))
     num_chunks = -(-num_vectors // chunk)
     if num_chunks == 1:
         indices = search_chunk(flat)
