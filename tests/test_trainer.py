@@ -80,20 +80,6 @@ def test_learned_codebook_is_trained_by_its_loss():
     assert set(state.opt_state[0].mu) == {"net", "codebook"}
 
 
-class TrainStepJitTest(chex.TestCase):
-    @chex.variants(with_jit=True, without_jit=True)
-    def test_jit_and_no_jit_agree(self):
-        config = _smoke()
-        batch = jax.tree.map(jnp.asarray, _batches(config, 1)[0])
-        model = steps.build_model(config.model)
-        tx = state_lib.make_optimizer(config.optim, 4)
-        state = steps.init_state(config, model, tx, jax.random.key(0), batch["image"])
-        got_state, got = self.variant(steps.make_train_step(config, model, tx))(state, batch)
-        want_state, want = jax.jit(steps.make_train_step(config, model, tx))(state, batch)
-        chex.assert_trees_all_close(got, want, rtol=1e-4, atol=1e-6)
-        chex.assert_trees_all_close(got_state.codebook, want_state.codebook, rtol=1e-4, atol=1e-6)
-
-
 def _restore(workdir):
     manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
     step = manager.latest_step()
