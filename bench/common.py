@@ -3,6 +3,24 @@ bench/ on the path)."""
 
 from __future__ import annotations
 
+import statistics
+import time
+from typing import Any, Callable
+
+import jax
+
+
+def median_seconds(call: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
+    """Median wall seconds of `call()` (its result waited for) after `warmup` untimed calls."""
+    for _ in range(warmup):
+        jax.block_until_ready(call())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(call())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
 
 def xla_memory_mb(compiled) -> float:
     """MiB XLA reserves for one call of a compiled function: arguments, outputs and the largest

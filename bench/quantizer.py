@@ -29,18 +29,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import xla_memory_mb  # pylint: disable=wrong-import-position
+from common import median_seconds, xla_memory_mb  # pylint: disable=wrong-import-position
 from vqjax import quantizers  # pylint: disable=wrong-import-position
 
 BETA = 0.25
@@ -50,13 +47,7 @@ EPSILON = 1e-5
 
 def time_ms(fn: Callable, *args, repeats: int) -> float:
     """Median wall milliseconds of `fn(*args)` after one warm-up call (compilation)."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return 1e3 * median_seconds(lambda: fn(*args), repeats)
 
 
 def peak_memory_mb(jitted: Callable, *args) -> float:
@@ -191,5 +182,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=3)
     main()

@@ -35,7 +35,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import statistics
 import sys
 import time
 from typing import Callable
@@ -50,13 +49,12 @@ except ImportError:
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import xla_memory_mb  # pylint: disable=wrong-import-position
+from common import median_seconds, xla_memory_mb  # pylint: disable=wrong-import-position
 from vqjax import parallel, state as state_lib, steps, trainer  # pylint: disable=wrong-import-position
 from vqjax.nets import lpips  # pylint: disable=wrong-import-position
 
@@ -85,16 +83,15 @@ def device_peak_mb() -> float | None:
     return None if not stats or "peak_bytes_in_use" not in stats else stats["peak_bytes_in_use"] / 2**20
 
 
-def time_steps(step: Callable, state, num_steps: int) -> tuple[list[float], object]:
-    """Seconds of each of `num_steps` calls of `state = step(state)`, after two warm-up calls."""
-    for _ in range(2):
-        state = jax.block_until_ready(step(state))
-    times = []
-    for _ in range(num_steps):
-        start = time.perf_counter()
-        state = jax.block_until_ready(step(state))
-        times.append(time.perf_counter() - start)
-    return times, state
+def median_step_seconds(step: Callable, state, num_steps: int) -> float:
+    """Median seconds of `state = step(state)` over `num_steps` calls, after two warm-up calls."""
+    carried = [state]
+
+    def call():
+        carried[0] = step(carried[0])
+        return carried[0]
+
+    return median_seconds(call, num_steps, warmup=2)
 
 
 def bench_vqjax(config, label: str) -> dict:
@@ -120,8 +117,7 @@ def bench_vqjax(config, label: str) -> dict:
     def step(state):
         return compiled(state, batch, *family.frozen)[0]
 
-    times, _ = time_steps(step, state, _STEPS.value)
-    seconds = statistics.median(times)
+    seconds = median_step_seconds(step, state, _STEPS.value)
     # XLA's count of the compiled step's floating-point operations (all of them: forward,
     # backward, optimizer), so TFLOP/s and MFU are of what the step really does.
     costs = compiled.cost_analysis()
@@ -200,8 +196,7 @@ def bench_taming(config) -> dict:
         optimizer.step()
         return None
 
-    times, _ = time_steps(step, None, _STEPS.value)
-    seconds = statistics.median(times)
+    seconds = median_step_seconds(step, None, _STEPS.value)
     params = sum(p.numel() for name, p in modules.named_parameters() if not name.startswith("quantize"))
     result = {"images_per_sec": batch / seconds, "step_ms": 1e3 * seconds, "params": params,
               "torch": torch.__version__, "threads": torch.get_num_threads()}
@@ -269,5 +264,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=3)
     app.run(main)
