@@ -66,6 +66,9 @@ _JSON = flags.DEFINE_string("json", None, "Write the figures here.")
 _PEAK_TFLOPS = flags.DEFINE_float(
     "peak_tflops", None, "The device's peak dense TFLOP/s in the step's compute dtype (e.g. 989 "
     "for an H100 SXM in bfloat16): prints the model FLOP utilisation (MFU).")
+_XLA_DEFAULTS = flags.DEFINE_bool(
+    "xla_defaults", False, "Compile with XLA's default options instead of "
+    "vqjax.parallel.compiler_options() (on a CPU: YNNPACK convolutions), to see what they change.")
 _WITHOUT = flags.DEFINE_list(
     "without", [], "A profile by ablation: time the steps with these layers of the autoencoder "
     "replaced by identities (group_norm, swish); what the step loses is what they cost.")
@@ -109,7 +112,7 @@ def bench_vqjax(config, label: str) -> dict:
     batch = {"image": images}
 
     train_step = jax.jit(family.train_step, donate_argnums=0,
-                         compiler_options=parallel.compiler_options())
+                         compiler_options=None if _XLA_DEFAULTS.value else parallel.compiler_options())
     start = time.perf_counter()
     compiled = train_step.lower(state, batch, *family.frozen).compile()
     compile_s = time.perf_counter() - start
