@@ -2,8 +2,13 @@
 
 import os
 
+# XLA's LLVM back end at -O0: the suite's programs are small and run a few times, so their
+# compilation, not their execution, is what the suite waits for; -O0 halves the time of a
+# model's init and cuts a GAN step's by a quarter, and runs them as fast. The HLO passes
+# (fusion, layout, the algorithms) are those users get.
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    os.environ.get("XLA_FLAGS", "")
+    + " --xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

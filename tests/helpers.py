@@ -7,6 +7,16 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(REPO_ROOT, "experiments", "configs")
 
 
+def subprocess_env(num_devices: int = 1, **extra: str) -> dict:
+    """The environment for an entry point run as a subprocess: this process's XLA flags
+    (tests/conftest.py's included) with `num_devices` CPU devices instead of 4."""
+    flags = [flag for flag in os.environ.get("XLA_FLAGS", "").split()
+             if not flag.startswith("--xla_force_host_platform_device_count")]
+    if num_devices > 1:
+        flags.append(f"--xla_force_host_platform_device_count={num_devices}")
+    return dict(os.environ, XLA_FLAGS=" ".join(flags), **extra)
+
+
 # Config files that are not training experiments.
 NOT_TRAINING = {"common.py", "evaluate.py"}
 

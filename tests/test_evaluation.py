@@ -2,7 +2,6 @@
 entry point are the same functions, and metrics without weights are skipped with a reason."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -11,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import REPO_ROOT, load_config, random_frozen_weights
+from tests.helpers import REPO_ROOT, load_config, random_frozen_weights, subprocess_env
 from vqjax import evaluation, parallel
 from vqjax.convert import save_params
 from vqjax.nets import inception, lpips
@@ -49,7 +48,7 @@ def test_entry_point_with_lpips_and_inception_weights(trained_vqgan, tmp_path):
            f"--config.model_dir={workdir}", f"--config.out={tmp_path / 'eval'}",
            f"--config.evals.lpips_path={tmp_path / 'lpips.msgpack'}",
            f"--config.evals.inception_path={tmp_path / 'inception.msgpack'}", "--config.evals.num_eval_batches=1"]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = subprocess_env(num_devices=2)
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(tmp_path / "eval" / "eval.json") as f:

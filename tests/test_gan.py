@@ -28,15 +28,17 @@ def _config(**loss):
 
 
 def _setup(config, norm="batch"):
-    model = VQAutoencoder(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,),
+    # One level (no resampling) keeps every kind of block, attention included, at the
+    # smallest compile time: these tests compile whole GAN steps several times.
+    model = VQAutoencoder(ch=32, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(16,),
                           z_channels=8, embed_dim=8, resolution=16)
     config.model.embed_dim = 8
     disc = NLayerDiscriminator(ndf=8, n_layers=2, norm=norm)
     tx_g, tx_d = optax.adam(1e-3, 0.5, 0.9), optax.adam(1e-3, 0.5, 0.9)
     images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, size=(4, 16, 16, 3)), jnp.float32)
-    base = steps.init_state(config, model, tx_g, jax.random.key(0), images)
-    state = gan.init_gan_state(base, disc, tx_d, jax.random.key(1), images)
-    return model, disc, tx_g, tx_d, state, images
+    init = jax.jit(lambda images: gan.init_gan_state(
+        steps.init_state(config, model, tx_g, jax.random.key(0), images), disc, tx_d, jax.random.key(1), images))
+    return model, disc, tx_g, tx_d, init(images), images
 
 
 def test_generator_and_discriminator_step_together_compiled_once():
@@ -67,12 +69,16 @@ def test_batch_statistics_come_from_the_discriminator_pass_only():
     model, disc, tx_g, tx_d, state, images = _setup(config)
     new_state, _ = jax.jit(gan.make_gan_train_step(config, model, disc, tx_g, tx_d))(state, {"image": images})
     # Recompute: real images, then this step's reconstructions, through the pre-step discriminator.
-    reconstruction, _, _ = steps.forward(model, state.params, state.codebook.embedding, images, train=True,
-                                         rng=jax.random.fold_in(state.step_rng(), 0))
-    variables = {"params": state.disc_params, "batch_stats": state.disc_batch_stats}
-    _, upd = disc.apply(variables, images, train=True, mutable=["batch_stats"])
-    _, upd = disc.apply({"params": state.disc_params, **upd}, reconstruction, train=True, mutable=["batch_stats"])
-    chex.assert_trees_all_close(new_state.disc_batch_stats, upd["batch_stats"], rtol=1e-5, atol=1e-6)
+    @jax.jit  # one compiled reference, not one compilation per eager operation
+    def batch_stats_after_step(state):
+        reconstruction, _, _ = steps.forward(model, state.params, state.codebook.embedding, images, train=True,
+                                             rng=jax.random.fold_in(state.step_rng(), 0))
+        variables = {"params": state.disc_params, "batch_stats": state.disc_batch_stats}
+        _, upd = disc.apply(variables, images, train=True, mutable=["batch_stats"])
+        _, upd = disc.apply({"params": state.disc_params, **upd}, reconstruction, train=True, mutable=["batch_stats"])
+        return upd["batch_stats"]
+
+    chex.assert_trees_all_close(new_state.disc_batch_stats, batch_stats_after_step(state), rtol=1e-5, atol=1e-6)
 
 
 def test_no_running_statistics_with_group_norm_and_r1():
@@ -102,12 +108,14 @@ def test_adaptive_weight_and_gradients_against_explicit_differentiation():
         g_adv = -jnp.mean(disc.apply({"params": state.disc_params}, reconstruction, train=True))
         return rec, 0.25 * jnp.mean(q.commitment_loss), g_adv  # EMA codebook: only beta * commitment
 
-    rec_grads = jax.jit(jax.grad(lambda p: terms(p)[0]))(state.params)
-    adv_grads = jax.jit(jax.grad(lambda p: terms(p)[2]))(state.params)
+    # The three terms' gradients in one compiled program (rows of the Jacobian); the total
+    # is their combination, by linearity of the gradient.
+    jacobian = jax.jit(jax.jacrev(lambda p: jnp.stack(terms(p))))(state.params)
+    rec_grads, commit_grads, adv_grads = (jax.tree.map(lambda g, i=i: g[i], jacobian) for i in range(3))
     last = lambda g: g["decoder"]["conv_out"]["kernel"]  # taming's decoder.conv_out.weight
     expected = 0.8 * np.linalg.norm(last(rec_grads)) / (np.linalg.norm(last(adv_grads)) + 1e-4)
     np.testing.assert_allclose(metrics["adaptive_weight"], expected, rtol=1e-4)
-    total_grads = jax.jit(jax.grad(lambda p: terms(p)[0] + terms(p)[1] + expected * terms(p)[2]))(state.params)
+    total_grads = jax.tree.map(lambda r, c, a: r + c + expected * a, rec_grads, commit_grads, adv_grads)
     np.testing.assert_allclose(metrics["grad_norm"], optax.global_norm(total_grads), rtol=1e-4)
 
 
@@ -116,16 +124,20 @@ def test_perceptual_term_in_the_step(tmp_path):
     model, disc, tx_g, tx_d, state, images = _setup(config)
     perceptual = lpips.LPIPS()
     # Random positive heads: a real file's layout without the download.
-    params = perceptual.init(jax.random.key(3), images, images)["params"]
+    params = jax.jit(perceptual.init)(jax.random.key(3), images, images)["params"]
     params = jax.tree_util.tree_map_with_path(
         lambda p, x: jnp.abs(x) if p[0].key.startswith("lin_") else x, params)
     with pytest.raises(ValueError, match="LPIPS"):
         gan.make_gan_train_step(config, model, disc, tx_g, tx_d)
     step = jax.jit(gan.make_gan_train_step(config, model, disc, tx_g, tx_d, perceptual))
     _, metrics = step(state, {"image": images}, params)
-    reconstruction, _, _ = steps.forward(model, state.params, state.codebook.embedding, images, train=True,
-                                         rng=jax.random.fold_in(state.step_rng(), 0))
-    expected = jnp.mean(perceptual.apply({"params": params}, images, reconstruction))
+    @jax.jit
+    def perceptual_loss(state, params):
+        reconstruction, _, _ = steps.forward(model, state.params, state.codebook.embedding, images, train=True,
+                                             rng=jax.random.fold_in(state.step_rng(), 0))
+        return jnp.mean(perceptual.apply({"params": params}, images, reconstruction))
+
+    expected = perceptual_loss(state, params)
     np.testing.assert_allclose(metrics["perceptual_loss"], expected, rtol=1e-4)
     np.testing.assert_allclose(metrics["recon_loss"], metrics["pixel_loss"] + 0.5 * expected, rtol=1e-5)
     assert metrics["perceptual_loss"] > 0
