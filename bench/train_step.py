@@ -26,7 +26,10 @@ its time, divided by P (the device's peak in the compute dtype), e.g. on a GPU:
       --config.model.dtype=bfloat16 --config.disc.dtype=bfloat16 --peak_tflops=989
 
 Any `--config.*` override works as in the entry points (`--config.model.dtype=bfloat16`,
-`--config.model.remat=True`). `--without=group_norm,swish` profiles by ablation: the same
+`--config.model.remat=True`). `--profile=3` traces three more steps of each implementation
+and prints a table of where the time goes (convolutions forward and backward, layout copies,
+GroupNorm, swish, matmuls, other; bench/op_profile.py), side by side with PyTorch's own
+profile under --peer. `--without=group_norm,swish` profiles by ablation instead: the same
 steps with those layers replaced by identities.
 """
 
@@ -37,7 +40,7 @@ import json
 import os
 import sys
 import time
-from typing import Callable
+from typing import Any, Callable
 
 # PyTorch first, when installed: imported after TensorFlow, torch._dynamo (which every torch
 # optimizer imports lazily) loads triton and crashes the process.
@@ -54,6 +57,7 @@ from ml_collections import config_flags
 
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import op_profile  # pylint: disable=wrong-import-position
 from common import median_seconds, xla_memory_mb  # pylint: disable=wrong-import-position
 from vqjax import parallel, state as state_lib, steps, trainer  # pylint: disable=wrong-import-position
 from vqjax.nets import lpips  # pylint: disable=wrong-import-position
@@ -69,6 +73,10 @@ _PEAK_TFLOPS = flags.DEFINE_float(
 _XLA_DEFAULTS = flags.DEFINE_bool(
     "xla_defaults", False, "Compile with XLA's default options instead of "
     "vqjax.parallel.compiler_options() (on a CPU: YNNPACK convolutions), to see what they change.")
+_PROFILE = flags.DEFINE_integer(
+    "profile", 0, "Trace this many more steps of each implementation and print where the time "
+    "goes: convolutions (forward, backward), layout copies, GroupNorm, swish, matmuls, other "
+    "(bench/op_profile.py).")
 _WITHOUT = flags.DEFINE_list(
     "without", [], "A profile by ablation: time the steps with these layers of the autoencoder "
     "replaced by identities (group_norm, swish); what the step loses is what they cost.")
@@ -86,15 +94,16 @@ def device_peak_mb() -> float | None:
     return None if not stats or "peak_bytes_in_use" not in stats else stats["peak_bytes_in_use"] / 2**20
 
 
-def median_step_seconds(step: Callable, state, num_steps: int) -> float:
-    """Median seconds of `state = step(state)` over `num_steps` calls, after two warm-up calls."""
+def median_step_seconds(step: Callable, state, num_steps: int) -> tuple[float, Any]:
+    """Median seconds of `state = step(state)` over `num_steps` calls, after two warm-up calls,
+    and the last state (the first may have been donated)."""
     carried = [state]
 
     def call():
         carried[0] = step(carried[0])
         return carried[0]
 
-    return median_seconds(call, num_steps, warmup=2)
+    return median_seconds(call, num_steps, warmup=2), carried[0]
 
 
 def bench_vqjax(config, label: str) -> dict:
@@ -120,7 +129,7 @@ def bench_vqjax(config, label: str) -> dict:
     def step(state):
         return compiled(state, batch, *family.frozen)[0]
 
-    seconds = median_step_seconds(step, state, _STEPS.value)
+    seconds, state = median_step_seconds(step, state, _STEPS.value)
     # XLA's count of the compiled step's floating-point operations (all of them: forward,
     # backward, optimizer), so TFLOP/s and MFU are of what the step really does.
     costs = compiled.cost_analysis()
@@ -138,6 +147,8 @@ def bench_vqjax(config, label: str) -> dict:
         "tflops_per_sec": flops / 1e12 / seconds,
         "mfu": flops / 1e12 / seconds / _PEAK_TFLOPS.value if _PEAK_TFLOPS.value else None,
     }
+    if _PROFILE.value:
+        result["profile_ms"] = op_profile.xla_profile(compiled, step, state, _PROFILE.value)
     mfu = f", MFU {result['mfu']:.1%}" if result["mfu"] is not None else ""
     print(f"  vqjax {label}: {result['images_per_sec']:.1f} images/s ({result['step_ms']:.0f} ms "
           f"per step of {shape[0]}, {1e3 * result['tflops_per_sec']:.0f} GFLOP/s{mfu}), compiled in "
@@ -199,10 +210,12 @@ def bench_taming(config) -> dict:
         optimizer.step()
         return None
 
-    seconds = median_step_seconds(step, None, _STEPS.value)
+    seconds, _ = median_step_seconds(step, None, _STEPS.value)
     params = sum(p.numel() for name, p in modules.named_parameters() if not name.startswith("quantize"))
     result = {"images_per_sec": batch / seconds, "step_ms": 1e3 * seconds, "params": params,
               "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if _PROFILE.value:
+        result["profile_ms"] = op_profile.torch_profile(step, _PROFILE.value)
     print(f"  taming (PyTorch {torch.__version__}, {result['threads']} threads): "
           f"{result['images_per_sec']:.1f} images/s ({result['step_ms']:.0f} ms per step)")
     return result
@@ -259,6 +272,13 @@ def main(argv):
         print(f"vqjax / taming: {report['ratio']:.2f}x "
               f"({matched['images_per_sec']:.1f} vs {peer['images_per_sec']:.1f} images/s, "
               f"same {peer['params'] / 1e6:.2f} M parameters)")
+    if _PROFILE.value:
+        columns = {"vqjax config's step": report["config_step"]["profile_ms"]}
+        if _PEER.value:
+            columns = {"vqjax L1 + VQ": report["matched_step"]["profile_ms"],
+                       "taming L1 + VQ": report["peer"]["profile_ms"]}
+        print(f"Profile, {_PROFILE.value} traced steps (bench/op_profile.py):")
+        op_profile.print_table(columns)
     if _JSON.value:
         os.makedirs(os.path.dirname(os.path.abspath(_JSON.value)), exist_ok=True)
         with open(_JSON.value, "w") as f:

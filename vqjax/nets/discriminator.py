@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vqjax.nets import blocks
+
 NORMS = ("batch", "group", "none")
 
 
@@ -49,7 +51,7 @@ class NLayerDiscriminator(nn.Module):
                                 scale_init=_scale_init, dtype=self.dtype, name=name)(h)
         if self.norm == "group":
             # 32 groups where the width allows; fewer for the narrow test-sized models.
-            return nn.GroupNorm(num_groups=math.gcd(32, h.shape[-1]), dtype=self.dtype, name=name)(h)
+            return blocks.GroupNorm(num_groups=math.gcd(32, h.shape[-1]), dtype=self.dtype, name=name)(h)
         return h
 
     @nn.compact
