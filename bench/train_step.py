@@ -29,8 +29,7 @@ Any `--config.*` override works as in the entry points (`--config.model.dtype=bf
 `--config.model.remat=True`). `--profile=3` traces three more steps of each implementation
 and prints a table of where the time goes (convolutions forward and backward, layout copies,
 GroupNorm, swish, matmuls, other; bench/op_profile.py), side by side with PyTorch's own
-profile under --peer. `--without=group_norm,swish` profiles by ablation instead: the same
-steps with those layers replaced by identities.
+profile under --peer.
 """
 
 from __future__ import annotations
@@ -77,9 +76,6 @@ _PROFILE = flags.DEFINE_integer(
     "profile", 0, "Trace this many more steps of each implementation and print where the time "
     "goes: convolutions (forward, backward), layout copies, GroupNorm, swish, matmuls, other "
     "(bench/op_profile.py).")
-_WITHOUT = flags.DEFINE_list(
-    "without", [], "A profile by ablation: time the steps with these layers of the autoencoder "
-    "replaced by identities (group_norm, swish); what the step loses is what they cost.")
 flags.mark_flag_as_required("config")
 
 
@@ -221,31 +217,9 @@ def bench_taming(config) -> dict:
     return result
 
 
-def remove_layers(names: list[str]) -> None:
-    """Replaces the autoencoder's GroupNorms and/or swish activations by identities."""
-    import flax.linen as nn  # pylint: disable=import-outside-toplevel
-    from vqjax.nets import autoencoder, blocks  # pylint: disable=import-outside-toplevel
-
-    class Identity(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            return x
-
-    unknown = set(names) - {"group_norm", "swish"}
-    if unknown:
-        raise ValueError(f"--without takes group_norm and swish, not {sorted(unknown)}.")
-    if "group_norm" in names:
-        blocks.normalize = autoencoder.normalize = lambda name=None, dtype=None: Identity(name=name)
-    if "swish" in names:
-        nn.swish = lambda x: x  # the blocks call nn.swish at trace time
-
-
 def main(argv):
     del argv
     config = _CONFIG.value
-    if _WITHOUT.value:
-        remove_layers(_WITHOUT.value)
-        print(f"PROFILE BY ABLATION: {', '.join(_WITHOUT.value)} replaced by identities")
     device = jax.local_devices()[0]
     config_file = config_flags.get_config_filename(flags.FLAGS["config"])
     print(f"{config_file}, batch {config.data.batch_size}, on {device.device_kind} "
@@ -253,8 +227,7 @@ def main(argv):
           f"{config.model.get('dtype', 'float32')}")
     report = {"config": config_file,
               "batch_size": int(config.data.batch_size), "device": device.device_kind,
-              "jax": jax.__version__, "model_dtype": config.model.get("dtype", "float32"),
-              "without": _WITHOUT.value}
+              "jax": jax.__version__, "model_dtype": config.model.get("dtype", "float32")}
     report["config_step"] = bench_vqjax(config, "config's step")
     report.update(images_per_sec=report["config_step"]["images_per_sec"],
                   compile_s=report["config_step"]["compile_s"],

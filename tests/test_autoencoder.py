@@ -117,6 +117,15 @@ def test_group_norm_is_torchs(shape, groups):
         reference.bias.copy_(torch.from_numpy(bias))
         expected = reference(torch.from_numpy(np.moveaxis(x, -1, 1))).numpy()
     np.testing.assert_allclose(out, np.moveaxis(expected, 1, -1), rtol=1e-5, atol=1e-5)
+    # swish=True is taming's nonlinearity(norm(x)), its gradients those of the same function
+    # written out (the rematerialised backward pass recomputes, it does not approximate).
+    fused = blocks.GroupNorm(num_groups=groups, swish=True)
+    variables = {"params": {"scale": scale, "bias": bias}}
+    np.testing.assert_allclose(fused.apply(variables, x), out / (1 + np.exp(-out)), rtol=1e-5, atol=1e-5)
+    cotangent = rng.normal(size=shape).astype(np.float32)
+    grads = jax.grad(lambda x, v: jnp.sum(fused.apply(v, x) * cotangent), argnums=(0, 1))(x, variables)
+    written_out = lambda x, v: jnp.sum(nn.swish(norm.apply(v, x)) * cotangent)
+    chex.assert_trees_all_close(grads, jax.grad(written_out, argnums=(0, 1))(x, variables), rtol=1e-4, atol=1e-5)
     half = blocks.GroupNorm(num_groups=groups, dtype=jnp.bfloat16).apply(
         {"params": {"scale": scale, "bias": bias}}, x.astype(jnp.bfloat16))
     assert half.dtype == jnp.bfloat16

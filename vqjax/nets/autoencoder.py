@@ -47,7 +47,7 @@ class Encoder(nn.Module):
                 h = Downsample(self.dtype, name=f"down_{level}_downsample")(h)
                 resolution //= 2
         h = MidBlock(self.dropout, self.dtype, self.remat, name="mid")(h, train=train)
-        h = nn.swish(normalize("norm_out", self.dtype)(h))
+        h = normalize("norm_out", self.dtype, swish=True)(h)
         return nn.Conv(self.z_channels, (3, 3), dtype=self.dtype, name="conv_out")(h)
 
 
@@ -81,7 +81,7 @@ class Decoder(nn.Module):
             if level != 0:
                 h = Upsample(self.dtype, name=f"up_{level}_upsample")(h)
                 resolution *= 2
-        h = nn.swish(normalize("norm_out", self.dtype)(h))
+        h = normalize("norm_out", self.dtype, swish=True)(h)
         # The last layer is float32: the adaptive GAN weight differentiates through it.
         h = nn.Conv(self.out_ch, (3, 3), dtype=jnp.float32, name="conv_out")(h)
         return h.astype(jnp.float32)
