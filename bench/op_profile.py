@@ -23,8 +23,9 @@ from typing import Any, Callable
 
 import jax
 
-KINDS = ("convolution, forward", "convolution, backward", "layout copies", "GroupNorm",
-         "swish", "matmul", "other")
+# GroupNorm and swish are one kind: vqjax computes them as one layer (blocks.GroupNorm).
+KINDS = ("convolution, forward", "convolution, backward", "layout copies", "GroupNorm + swish",
+         "matmul", "other")
 
 # One HLO instruction: `%name = <shape> opcode(operands), ..., calls=%computation, metadata=...`.
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = .*? ([a-z][a-z0-9\-]*)\(.*$", re.M)
@@ -56,10 +57,8 @@ def _kind(opcode: str, body: str, op_name: str) -> str:
     if opcode == "dot" or " dot(" in body:
         return "matmul"
     modules = op_name.split("/")
-    if any(re.fullmatch(r"norm\w*", module) for module in modules):
-        return "GroupNorm"
-    if any(module.startswith("jit(silu)") for module in modules):
-        return "swish"
+    if any(re.fullmatch(r"norm\w*", module) or module == "jit(silu)" for module in modules):
+        return "GroupNorm + swish"
     return "other"
 
 
@@ -85,10 +84,8 @@ def _torch_kind(name: str) -> str:
     name = name.lower()
     if "conv" in name:
         return "convolution, backward" if "backward" in name else "convolution, forward"
-    if "group_norm" in name:
-        return "GroupNorm"
-    if "sigmoid" in name:  # taming's swish is x * sigmoid(x); its multiplications count as other
-        return "swish"
+    if "group_norm" in name or "sigmoid" in name:
+        return "GroupNorm + swish"  # taming's swish is x * sigmoid(x); its `mul` counts as other
     if name.split("::")[-1] in ("mm", "bmm", "addmm", "baddbmm", "matmul", "linear"):
         return "matmul"
     if name.split("::")[-1] in ("copy_", "contiguous", "clone", "permute", "transpose", "t"):

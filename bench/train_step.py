@@ -28,7 +28,7 @@ its time, divided by P (the device's peak in the compute dtype), e.g. on a GPU:
 Any `--config.*` override works as in the entry points (`--config.model.dtype=bfloat16`,
 `--config.model.remat=True`). `--profile=3` traces three more steps of each implementation
 and prints a table of where the time goes (convolutions forward and backward, layout copies,
-GroupNorm, swish, matmuls, other; bench/op_profile.py), side by side with PyTorch's own
+GroupNorm + swish, matmuls, other; bench/op_profile.py), side by side with PyTorch's own
 profile under --peer.
 """
 
@@ -74,7 +74,7 @@ _XLA_DEFAULTS = flags.DEFINE_bool(
     "vqjax.parallel.compiler_options() (on a CPU: YNNPACK convolutions), to see what they change.")
 _PROFILE = flags.DEFINE_integer(
     "profile", 0, "Trace this many more steps of each implementation and print where the time "
-    "goes: convolutions (forward, backward), layout copies, GroupNorm, swish, matmuls, other "
+    "goes: convolutions (forward, backward), layout copies, GroupNorm + swish, matmuls, other "
     "(bench/op_profile.py).")
 flags.mark_flag_as_required("config")
 
