@@ -11,14 +11,13 @@ evaluation gave. The functions are compiled once per input shape.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vqjax import checkpoints, parallel, quantizers, steps
+from vqjax import checkpoints, quantizers, steps
 
 
 def _gumbel_indices(z: jax.Array, proj: dict) -> jax.Array:
@@ -42,11 +41,8 @@ def _decode_fn(model, params, z_q):
     return model.apply({"params": params}, z_q, method="decode")
 
 
-@functools.cache
-def _compiled(fn):
-    """`fn` jit-compiled (the model static) with the trainer's compile options. Built on first
-    use: the options depend on the backend, and choosing them at import would start it."""
-    return jax.jit(fn, static_argnums=0, compiler_options=parallel.compiler_options())
+_encode = jax.jit(_encode_fn, static_argnums=0)
+_decode = jax.jit(_decode_fn, static_argnums=0)
 
 
 class Tokenizer:
@@ -91,8 +87,7 @@ class Tokenizer:
 
     def encode(self, images) -> tuple[jax.Array, jax.Array]:
         """Images [B, H, W, C] in [-1, 1] -> (quantized vectors [B, h, w, D], code indices [B, h, w])."""
-        return _compiled(_encode_fn)(self.model, self.params, self.codebook, self.gumbel_proj,
-                                     self._check_images(images))
+        return _encode(self.model, self.params, self.codebook, self.gumbel_proj, self._check_images(images))
 
     def decode(self, z_q) -> jax.Array:
         """Quantized vectors [B, h, w, D] -> images [B, H, W, C] (the decoder's output, unclipped)."""
@@ -100,7 +95,7 @@ class Tokenizer:
         if z_q.ndim != 4 or z_q.shape[-1] != self.codebook.shape[1]:
             raise ValueError(f"Code vectors have shape {z_q.shape}; this model decodes [batch, h, w, "
                              f"{self.codebook.shape[1]}].")
-        return _compiled(_decode_fn)(self.model, self.params, z_q)
+        return _decode(self.model, self.params, z_q)
 
     def decode_indices(self, indices) -> jax.Array:
         """Code indices [B, h, w] (ints in [0, num_codes)) -> images [B, H, W, C]."""
