@@ -63,7 +63,8 @@ def _kind(opcode: str, body: str, op_name: str) -> str:
 
 
 def xla_profile(compiled, step: Callable[[Any], Any], state: Any, num_steps: int) -> dict[str, float]:
-    """Milliseconds per step of each kind, `num_steps` calls of `state = step(state)` traced."""
+    """Milliseconds per step of each kind, `num_steps` calls of `state = step(state)` traced.
+    `step` may donate its argument: `state` is not usable afterwards."""
     kinds = _hlo_kinds(compiled.as_text())
     with tempfile.TemporaryDirectory() as logdir:
         with jax.profiler.trace(logdir, create_perfetto_trace=True):
