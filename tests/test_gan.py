@@ -131,6 +131,7 @@ def test_perceptual_term_in_the_step(tmp_path):
         gan.make_gan_train_step(config, model, disc, tx_g, tx_d)
     step = jax.jit(gan.make_gan_train_step(config, model, disc, tx_g, tx_d, perceptual))
     _, metrics = step(state, {"image": images}, params)
+
     @jax.jit
     def perceptual_loss(state, params):
         reconstruction, _, _ = steps.forward(model, state.params, state.codebook.embedding, images, train=True,
