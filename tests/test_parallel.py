@@ -12,7 +12,7 @@ def test_cpu_options_only_on_cpu():
     assert parallel.compiler_options("gpu") == {}
     assert parallel.compiler_options("tpu") == {}
     cpu = parallel.compiler_options("cpu")
-    # This jaxlib knows the option (the test suite pins one); it keeps YNNPACK off convolutions.
+    # This jaxlib knows the option (the test suite pins one); it keeps YNNPACK off convolutions of their own.
     assert set(cpu) == {"xla_cpu_experimental_ynn_fusion_type"}
     assert "CONVOLUTION" not in cpu["xla_cpu_experimental_ynn_fusion_type"]
 

@@ -57,7 +57,10 @@ def to_global(batch: Any, mesh: jax.sharding.Mesh) -> Any:
 # convolutions of 32x32 feature maps at half the speed of XLA's other convolution path
 # (forward ~140 vs ~270 GFLOP/s on 2 cores, the weight gradient ~35 vs ~160, timed one
 # convolution at a time; bench/train_step.py's VQGAN step gains 1.7x). Dots, elementwise
-# fusions and reductions stay with YNNPACK, where they are faster.
+# fusions and reductions stay with YNNPACK, where they are faster. An element-wise fusion
+# may still take in the convolution that feeds it (a bias, a residual, an activation's
+# derivative): bench/train_step.py --profile shows those at 120-240 GFLOP/s; what leaves
+# YNNPACK is every convolution on its own, the weight gradients above all.
 _CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ",".join(
     f"LIBRARY_FUSION_TYPE_{kind}" for kind in ("INDIVIDUAL_DOT", "ELTWISE", "REDUCE"))}
 
