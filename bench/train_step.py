@@ -26,7 +26,8 @@ its time, divided by P (the device's peak in the compute dtype), e.g. on a GPU:
       --config.model.dtype=bfloat16 --config.disc.dtype=bfloat16 --peak_tflops=989
 
 Any `--config.*` override works as in the entry points (`--config.model.dtype=bfloat16`,
-`--config.model.remat=True`). `--profile=3` traces three more steps of each implementation
+`--config.model.remat=True`, `--config.train.cpu_convolutions=ynnpack` to time the step with
+XLA's default CPU convolutions). `--profile=3` traces three more steps of each implementation
 and prints a table of where the time goes (convolutions forward and backward, layout copies,
 GroupNorm + swish, matmuls, other; bench/op_profile.py), side by side with PyTorch's own
 profile under --peer.
@@ -69,9 +70,6 @@ _JSON = flags.DEFINE_string("json", None, "Write the figures here.")
 _PEAK_TFLOPS = flags.DEFINE_float(
     "peak_tflops", None, "The device's peak dense TFLOP/s in the step's compute dtype (e.g. 989 "
     "for an H100 SXM in bfloat16): prints the model FLOP utilisation (MFU).")
-_XLA_DEFAULTS = flags.DEFINE_bool(
-    "xla_defaults", False, "Compile with XLA's default options instead of "
-    "vqjax.parallel.compiler_options() (on a CPU: YNNPACK convolutions), to see what they change.")
 _PROFILE = flags.DEFINE_integer(
     "profile", 0, "Trace this many more steps of each implementation and print where the time "
     "goes: convolutions (forward, backward), layout copies, GroupNorm + swish, matmuls, other "
@@ -117,7 +115,7 @@ def bench_vqjax(config, label: str) -> dict:
     batch = {"image": images}
 
     train_step = jax.jit(family.train_step, donate_argnums=0,
-                         compiler_options=None if _XLA_DEFAULTS.value else parallel.compiler_options())
+                         compiler_options=parallel.config_compiler_options(config))
     start = time.perf_counter()
     compiled = train_step.lower(state, batch, *family.frozen).compile()
     compile_s = time.perf_counter() - start
@@ -224,7 +222,8 @@ def main(argv):
     config_file = config_flags.get_config_filename(flags.FLAGS["config"])
     print(f"{config_file}, batch {config.data.batch_size}, on {device.device_kind} "
           f"({device.platform}), jax {jax.__version__}, model dtype "
-          f"{config.model.get('dtype', 'float32')}")
+          f"{config.model.get('dtype', 'float32')}, CPU convolutions "
+          f"{config.train.get('cpu_convolutions', 'ynnpack')}")
     report = {"config": config_file,
               "batch_size": int(config.data.batch_size), "device": device.device_kind,
               "jax": jax.__version__, "model_dtype": config.model.get("dtype", "float32")}

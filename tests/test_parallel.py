@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from vqjax import parallel
 from vqjax.nets.blocks import ResnetBlock
@@ -31,3 +32,14 @@ def test_cpu_options_change_speed_not_values():
     tuned = jax.jit(grad, compiler_options=parallel.compiler_options("cpu"))(params, x)
     for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(tuned)):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
+
+
+def test_the_config_chooses_the_cpu_convolutions():
+    from tests.helpers import load_config
+
+    assert parallel.config_compiler_options(load_config("vqvae_quickstart")) == {}
+    assert parallel.config_compiler_options(load_config("vqgan_quickstart")) == parallel.compiler_options()
+    config = load_config("vqvae_quickstart")
+    config.train.cpu_convolutions = "onednn"
+    with pytest.raises(ValueError, match="cpu_convolutions is 'onednn'; use one of"):
+        parallel.config_compiler_options(config)

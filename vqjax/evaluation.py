@@ -235,7 +235,7 @@ def evaluate_tokenizer(config, *, devices=None) -> dict:
 
     reconstruct = tokenizer.reconstruct_fn()
     eval_step = jax.jit(make_eval_step(reconstruct, tokenizer.num_codes), out_shardings=replicated,
-                        compiler_options=parallel.compiler_options())
+                        compiler_options=parallel.config_compiler_options(tokenizer.config))
     evaluators = load_evaluators(config.evals.lpips_path, config.evals.inception_path).place(replicated)
     weights = jax.device_put(tokenizer.weights, replicated)
     image_shape = (data_cfg.eval_batch_size, data_cfg.image_size, data_cfg.image_size, data_cfg.channels)

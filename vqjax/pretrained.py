@@ -41,8 +41,8 @@ def _decode_fn(model, params, z_q):
     return model.apply({"params": params}, z_q, method="decode")
 
 
-# XLA's default compile options, not the trainer's `parallel.compiler_options()`: these serve
-# inference on large images, where YNNPACK's convolutions are the faster ones on a CPU
+# XLA's default compile options, not the config's `parallel.config_compiler_options`: these
+# serve inference on large images, where YNNPACK's convolutions are the faster ones on a CPU
 # (bench/taming_convert.py, 256x256: 0.59 img/s with the defaults, 0.51 with the options).
 _encode = jax.jit(_encode_fn, static_argnums=0)
 _decode = jax.jit(_decode_fn, static_argnums=0)

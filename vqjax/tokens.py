@@ -41,7 +41,7 @@ def encode_split(tokenizer, data_cfg, split: str, *, flip: bool, batch_size: int
     with `flip`, in the split's order: {'codes': [N or 2N, h, w], 'labels': [N or 2N]}."""
     replicated = parallel.replicated(mesh)
     encode = jax.jit(tokenizer.encode_fn(), out_shardings=replicated,
-                     compiler_options=parallel.compiler_options())
+                     compiler_options=parallel.config_compiler_options(tokenizer.config))
     weights = jax.device_put(tokenizer.weights, replicated)
     codes, labels, flipped_codes = [], [], []
     for batch in data_lib.make_dataset(data_cfg, split, batch_size, train=False):

@@ -317,7 +317,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None) -> dict:
     model = steps.build_model(config.model)
     family = build_family(config, model, num_steps)
     frozen = jax.device_put(family.frozen, replicated)
-    options = parallel.compiler_options()
+    options = parallel.config_compiler_options(config)
     compiled_step = jax.jit(family.train_step, donate_argnums=0, out_shardings=(replicated, replicated),
                             compiler_options=options)
     train_step = lambda state, batch: compiled_step(state, batch, *frozen)

@@ -74,6 +74,11 @@ def vqvae_base() -> ml_collections.ConfigDict:
         eval_steps=5_000,
         ckpt_steps=5_000,
         keep_checkpoints=3,
+        # On a CPU, which convolutions the jits use: 'ynnpack' (XLA's default) or 'xla' (its
+        # own path, vqjax.parallel.compiler_options). Which is faster depends on the network:
+        # 'xla' for the taming autoencoder on 32x32 images, 'ynnpack' for the VQ-VAE
+        # (bench/train_step.py --config.train.cpu_convolutions=...). No effect off a CPU.
+        cpu_convolutions="ynnpack",
     )
     config.evals = dict(
         num_eval_batches=-1,  # -1: the whole eval split

@@ -25,6 +25,7 @@ def get_config(arg=None):
     config.data.source = "tfds"
     config.data.name = "cifar10"
     config.data.image_size = 32
+    config.train.cpu_convolutions = "xla"  # 1.7x the step's speed (README, Performance)
     config.data.crop = "center"  # CIFAR images are already 32x32
     config.data.random_flip = True
     config.data.batch_size = 128

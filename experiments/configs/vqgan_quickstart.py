@@ -19,6 +19,7 @@ def get_config(arg=None):
     config = common.vqgan_base()
     config.data.source = "embedded"
     config.data.image_size = 32
+    config.train.cpu_convolutions = "xla"  # 115 vs 80 images/s (bench/train_step.py)
     config.data.crop = "random"
     config.data.batch_size = 32
     config.data.eval_batch_size = 250
