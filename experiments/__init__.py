@@ -1,1 +1,1 @@
-"""Experiment entry points (thin absl wrappers around vqjax.trainer) and their configs."""
+"""Experiment entry points (thin absl wrappers around vqjax.train.experiment) and their configs."""

@@ -1,4 +1,4 @@
-r"""Evaluates a tokenizer (a vqjax workdir or a converted model directory) and writes eval.json.
+r"""Evaluates a model directory (a tokenizer workdir, a converted model or a prior) and writes eval.json.
 
   python -m experiments.evaluate --config=experiments/configs/evaluate.py --config.model_dir=DIR
 
@@ -20,13 +20,14 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     import jax
 
-    from vqjax import evaluation, parallel
+    from vqjax.core import parallel
+    from vqjax.eval import evaluate_model
 
     if _MULTIHOST.value:
         parallel.initialize_distributed()
-    result = evaluation.evaluate_model(_CONFIG.value)
+    result = evaluate_model.evaluate_model(_CONFIG.value)
     if jax.process_index() == 0:
-        print(evaluation.format_table(result), flush=True)
+        print(evaluate_model.format_table(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -11,33 +11,29 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def run(family: str) -> None:
-    """Parses the flags and trains; `family` ('vqvae' | 'vqgan' | 'transformer') must match
-    the config."""
+    """Parses the flags and trains; `family` ('vqvae' | 'vqgan' | 'prior') must be the
+    config's `family`, else the right command is named."""
 
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-        from vqjax import parallel, trainer
+        from vqjax import families
+        from vqjax.core import parallel
+        from vqjax.train import experiment
 
         config = _CONFIG.value
-        if "tokenizer_dir" in config:
-            config_family = "transformer"
-        else:
-            config_family = "vqgan" if trainer.is_gan(config) else "vqvae"
+        filename = config_flags.get_config_filename(flags.FLAGS["config"])
+        config_family = config.get("family")
+        if config_family not in families.FAMILIES:
+            raise app.UsageError(f"{filename} sets no known config.family ({config_family!r}); set it to one of "
+                                 f"{sorted(families.FAMILIES)}.")
         if config_family != family:
-            raise app.UsageError(
-                f"{config_flags.get_config_filename(flags.FLAGS['config'])} is a {config_family} "
-                "config; run it with "
-                f"python -m experiments.{config_family}.")
+            raise app.UsageError(f"{filename} is a {config_family} config; run it with "
+                                 f"python -m {families.ENTRY_POINTS[config_family]}.")
         if _MULTIHOST.value:
             parallel.initialize_distributed()
-        if family == "transformer":
-            from vqjax import prior
-
-            prior.train_and_evaluate(config, _WORKDIR.value)
-        else:
-            trainer.train_and_evaluate(config, _WORKDIR.value)
+        experiment.train_and_evaluate(config, _WORKDIR.value)
 
     app.run(main)

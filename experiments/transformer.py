@@ -11,4 +11,4 @@ inpainting.png. Running again with the same --workdir resumes from its latest ch
 from experiments import launch
 
 if __name__ == "__main__":
-    launch.run("transformer")
+    launch.run("prior")

@@ -21,7 +21,7 @@ def taming_f16(num_codes: int, batch_size: int) -> ml_collections.ConfigDict:
     config.data.shuffle_buffer = 10_000
     config.quantizer.kind = "vq"
     config.quantizer.num_codes = num_codes
-    config.loss.legacy_beta = True  # as the released checkpoints were trained
+    config.quantizer.legacy_beta = True  # as the released checkpoints were trained
     config.evals.num_eval_batches = 50
     config.train.update(num_steps=1_000_000, log_steps=100, eval_steps=20_000, ckpt_steps=5_000)
     return config

@@ -8,7 +8,8 @@ lossconfig}`), and writes DIR in the layout of a training workdir, so `vqjax.pre
 and `config.init_from` read it like any run of ours:
 
   DIR/config.json            a complete vqjax VQGAN config with the checkpoint's sizes and loss settings
-  DIR/checkpoints/0/         Orbax: params, codebook (and the discriminator, when present)
+  DIR/checkpoints/0/         Orbax: a train state without optimizer state: params {net,
+                             quantizer}, extra {quantizer, and the discriminator when present}
   DIR/lpips.msgpack          the LPIPS weights the checkpoint carries (config.loss.lpips_path)
 
 Models: taming's VQModel (VectorQuantizer2), EMAVQ (EMAVectorQuantizer), GumbelVQ
@@ -32,7 +33,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vqjax import checkpoints, quantizers, steps
+from vqjax import quantizers
+from vqjax.core import checkpoints
+from vqjax.families import defaults
+from vqjax.nets import build as nets
 from vqjax.convert.lpips import lpips_params_from_torch
 from vqjax.convert.torch_io import fill_from_torch, load_torch_state, save_params, to_flax
 
@@ -82,8 +86,6 @@ def vqjax_config(model_yaml: dict):
     """A complete vqjax VQGAN config (taming's defaults from `vqgan_base`) with the model,
     quantizer and loss settings of `model_yaml`. Returns (config, notes, whether the
     checkpoint's discriminator is one vqjax can import)."""
-    from experiments.configs import common  # the configs are part of the installed package
-
     params = model_yaml["params"]
     target = _target_name(model_yaml.get("target"))
     if target not in QUANTIZER_OF_TARGET:
@@ -101,7 +103,7 @@ def vqjax_config(model_yaml: dict):
             raise ValueError(f"ddconfig.{key} is not a setting vqjax knows; the known ones are "
                              f"{sorted(MODEL_DDCONFIG + tuple(FIXED_DDCONFIG))}.")
 
-    config = common.vqgan_base()
+    config = defaults.vqgan_base()
     config.model.update({k: tuple(v) if isinstance(v, list) else v
                          for k, v in ddconfig.items() if k in MODEL_DDCONFIG})
     config.model.embed_dim = int(params["embed_dim"])
@@ -111,7 +113,7 @@ def vqjax_config(model_yaml: dict):
     config.quantizer.num_codes = int(params["n_embed"])
     # taming has no dead-code restarts; fine-tuning keeps its behaviour unless asked.
     config.quantizer.dead_code_threshold = 0.0
-    config.loss.legacy_beta = True  # VectorQuantizer2's default, which every release used
+    config.quantizer.legacy_beta = True  # VectorQuantizer2's default, which every release used
     if config.quantizer.kind == "ema":
         config.quantizer.decay = float(params.get("decay", 0.99))
         config.quantizer.epsilon = float(params.get("eps", 1e-5))
@@ -198,21 +200,20 @@ def strip_prefix(state: dict) -> dict:
     return state
 
 
-def codebook_from_torch(state: dict, config, source: str, used: set) -> tuple[Any, dict]:
-    """(CodebookState, extra arrays) of the checkpoint's quantizer."""
+def quantizer_from_torch(state: dict, config, source: str, used: set) -> dict:
+    """The variables {'params', 'state'} of the checkpoint's quantizer, for the quantizer
+    `config.quantizer` builds."""
     kind, num_codes, dim = config.quantizer.kind, config.quantizer.num_codes, config.model.embed_dim
     embed_name = "quantize.embed.weight" if kind == "gumbel" else "quantize.embedding.weight"
     names = {"embedding": embed_name}
     if kind == "ema":
         names.update(cluster_size="quantize.embedding.cluster_size", embed_sum="quantize.embedding.embed_avg")
     shapes = {"embedding": (num_codes, dim), "cluster_size": (num_codes,), "embed_sum": (num_codes, dim)}
-    extra_shapes = {}
     if kind == "gumbel":
         # GumbelQuantize.proj: a 1x1 conv from the quant_conv output to one logit per code.
         z_channels = config.model.z_channels
         names.update(proj_kernel="quantize.proj.weight", proj_bias="quantize.proj.bias")
         shapes.update(proj_kernel=(num_codes, z_channels, 1, 1), proj_bias=(num_codes,))
-        extra_shapes = {"proj_kernel", "proj_bias"}
     arrays = {}
     for field, name in names.items():
         if name not in state:
@@ -223,25 +224,24 @@ def codebook_from_torch(state: dict, config, source: str, used: set) -> tuple[An
                              f"config (n_embed, embed_dim) needs {shapes[field]}.")
         arrays[field] = np.asarray(state[name], np.float32)
         used.add(name)
-    codebook = quantizers.CodebookState.from_embedding(jnp.asarray(arrays["embedding"]),
-                                                       config.quantizer.initial_count)
+    embedding = jnp.asarray(arrays["embedding"])
     if kind == "ema":
-        codebook = codebook.replace(cluster_size=jnp.asarray(arrays["cluster_size"]),
-                                    embed_sum=jnp.asarray(arrays["embed_sum"]))
-    extra = {}
-    if extra_shapes:
-        extra["gumbel_proj"] = {"kernel": to_flax(arrays["proj_kernel"]),
-                                "bias": arrays["proj_bias"]}
-    return codebook, extra
+        codebook = quantizers.CodebookState.from_embedding(embedding, config.quantizer.initial_count)
+        return {"params": {}, "state": codebook.replace(cluster_size=jnp.asarray(arrays["cluster_size"]),
+                                                        embed_sum=jnp.asarray(arrays["embed_sum"]))}
+    if kind == "gumbel":
+        proj = {"kernel": to_flax(arrays["proj_kernel"]), "bias": arrays["proj_bias"]}
+        return {"params": {"proj": proj, "codebook": embedding}, "state": {}}
+    return {"params": {"codebook": embedding}, "state": quantizers.CodeUsage.fresh(num_codes)}
 
 
 def discriminator_from_torch(state: dict, config, source: str, used: set):
     """(disc params, batch stats) from `loss.discriminator.*`, or None when absent or not importable."""
-    from vqjax import gan
+    from vqjax.families import vqgan
 
     if not any(k.startswith("loss.discriminator.") for k in state):
         return None
-    disc = gan.build_discriminator(config.disc)
+    disc = vqgan.build_discriminator(config.disc)
     size = config.model.resolution
     expected = jax.eval_shape(disc.init, jax.random.key(0), jnp.zeros((1, size, size, config.data.channels)))
     name = lambda path: discriminator_tensor_name(path, config.disc.n_layers)
@@ -261,17 +261,18 @@ def lpips_from_torch(state: dict, used: set):
 
 def convert_state(state: dict, config, *, with_loss: bool = True, disc_importable: bool = True,
                   source: str = "the checkpoint") -> dict:
-    """The vqjax arrays of a taming state dict: {'params', 'codebook', ...}, plus 'lpips'
-    (LPIPS params) and the discriminator when present and `with_loss`."""
+    """The vqjax arrays of a taming state dict as a train state without optimizer:
+    {'params': {'net', 'quantizer'}, 'extra': {'quantizer', 'disc_params', 'disc_batch_stats'}},
+    plus 'lpips' (LPIPS params), the discriminator and LPIPS when present and `with_loss`."""
     state = strip_prefix(state)
-    model = steps.build_model(config.model)
+    model = nets.build_autoencoder(**config.model)
     size = config.model.resolution
     images = jnp.zeros((1, size, size, config.data.channels))
     expected = jax.eval_shape(model.init, jax.random.key(0), images)["params"]
     used: set = set()
-    tree = {"params": fill_tree(expected, state, autoencoder_tensor_name, source, used)}
-    tree["codebook"], extra = codebook_from_torch(state, config, source, used)
-    tree.update(extra)
+    net = fill_tree(expected, state, autoencoder_tensor_name, source, used)
+    variables = quantizer_from_torch(state, config, source, used)
+    tree = {"params": {"net": net, "quantizer": variables["params"]}, "extra": {"quantizer": variables["state"]}}
     left = sorted(k for k in state if k.startswith(AUTOENCODER_PREFIXES) and k not in used)
     if left:
         raise ValueError(f"{source} has {len(left)} autoencoder tensors the YAML config has no place for "
@@ -280,7 +281,7 @@ def convert_state(state: dict, config, *, with_loss: bool = True, disc_importabl
     if with_loss:
         disc = discriminator_from_torch(state, config, source, used) if disc_importable else None
         if disc is not None:
-            tree["disc_params"], tree["disc_batch_stats"] = disc
+            tree["extra"]["disc_params"], tree["extra"]["disc_batch_stats"] = disc
         perceptual = lpips_from_torch(state, used)
         if perceptual is not None:
             tree["lpips"] = perceptual
@@ -312,18 +313,19 @@ def convert_checkpoint(ckpt: str, config_path: str, out: str, *, with_loss: bool
     if perceptual is not None:
         config.loss.lpips_path = os.path.join(os.path.abspath(out), "lpips.msgpack")
         save_params(perceptual, config.loss.lpips_path)
-    if with_loss and "disc_params" not in tree:
+    if with_loss and "disc_params" not in tree["extra"]:
         notes.append("no discriminator imported: fine-tuning from this directory trains one from scratch.")
     checkpoints.save_tree(out, 0, jax.tree.map(np.asarray, tree))
     # The config goes last: a directory with config.json is complete.
     checkpoints.write_config(out, config)
     with open(os.path.join(out, "conversion.json"), "w") as f:
         json.dump({"ckpt": os.path.abspath(ckpt), "config": os.path.abspath(config_path),
-                   "imported": sorted(tree) + (["lpips"] if perceptual is not None else []),
+                   "imported": imported + (["lpips"] if perceptual is not None else []),
                    "notes": notes}, f, indent=2)
-    count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree["params"]))
+    count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree["params"]["net"]))
+    imported = ["autoencoder", "quantizer"] + [k for k in ("disc_params", "disc_batch_stats") if k in tree["extra"]]
     lines = [f"Wrote {out}: {count:,} autoencoder parameters, {config.quantizer.num_codes} codes "
-             f"({config.quantizer.kind}), imported {', '.join(sorted(tree))}"
+             f"({config.quantizer.kind}), imported {', '.join(imported)}"
              + (" and LPIPS" if perceptual is not None else "") + "."]
     lines += [f"note: {n}" for n in notes]
     lines.append(f"Use it with vqjax.pretrained.load({out!r}) or --config.init_from={out}.")

@@ -1,4 +1,5 @@
-"""Train-state pytrees and the optimizer built from `config.optim`."""
+"""Optimizers and learning-rate schedules from a config's `optim` section, and the weight
+average (an exponential moving average of the parameters)."""
 
 from __future__ import annotations
 
@@ -7,50 +8,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct
-
-from vqjax.quantizers import CodebookState
-
-
-class _Stepped:
-    """The rng and evaluation weights of a state with `step`, `seed`, `params`, `ema_params`."""
-
-    def step_rng(self) -> jax.Array:
-        return jax.random.fold_in(jax.random.key(self.seed), self.step)
-
-    @property
-    def eval_params(self) -> Any:
-        return self.params if self.ema_params is None else self.ema_params
-
-
-@struct.dataclass
-class TrainState(_Stepped):
-    """Everything a training run carries from step to step, as one pytree.
-
-    The model and optimizer definitions are not here (they are code, rebuilt from the
-    config); only arrays are, so Orbax saves and restores the whole state.
-    """
-
-    step: jax.Array  # int32 scalar
-    seed: jax.Array  # uint32 scalar; the step's rng is fold_in(key(seed), step)
-    params: Any  # network parameters
-    opt_state: Any  # optax state over `trainable(state)`
-    codebook: CodebookState  # EMA codebook or, for a learned codebook, its embedding + usage
-    # Exponential moving average of `params` (`config.optim.params_ema_decay > 0`), else None.
-    # Evaluation and reconstructions use it when present.
-    ema_params: Any = None
-
-
-@struct.dataclass
-class PriorState(_Stepped):
-    """The training state of a prior over code maps (vqjax.prior): no codebook, the tokenizer
-    is frozen and lives outside the state."""
-
-    step: jax.Array
-    seed: jax.Array
-    params: Any
-    opt_state: Any
-    ema_params: Any = None
 
 
 def init_ema_params(params: Any, decay: float) -> Any:
@@ -114,21 +71,3 @@ def make_optimizer(cfg, num_steps: int, global_batch_size: int = 1,
 
 def count_params(params: Any) -> int:
     return sum(int(x.size) for x in jax.tree.leaves(params))
-
-
-def is_learned_codebook(quantizer_cfg) -> bool:
-    kinds = {"ema": False, "vq": True}
-    if quantizer_cfg.kind not in kinds:
-        raise ValueError(
-            f"config.quantizer.kind is {quantizer_cfg.kind!r}; use 'ema' (EMA codebook) or "
-            "'vq' (codebook learned by loss)."
-        )
-    return kinds[quantizer_cfg.kind]
-
-
-def trainable(params: Any, codebook: CodebookState, learned_codebook: bool) -> dict:
-    """What the optimizer updates: the network, plus the codebook when it is learned by loss."""
-    if learned_codebook:
-        return {"net": params, "codebook": codebook.embedding}
-    return {"net": params}
-

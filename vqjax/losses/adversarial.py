@@ -1,54 +1,10 @@
-"""Pure loss functions: reconstruction (per example; steps.py reduces them), vector
-quantization, adversarial losses, taming's adaptive weight and GAN regularisers."""
+"""Adversarial losses (hinge, non-saturating, least squares), taming's adaptive weight, the
+warm-up switch and the discriminator's regularisers (LeCam, R1)."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-
-
-def _per_example_mean(x: jax.Array) -> jax.Array:
-    return jnp.mean(jnp.reshape(x, (x.shape[0], -1)), axis=-1)
-
-
-def l2_reconstruction(reconstruction: jax.Array, target: jax.Array) -> jax.Array:
-    """Mean squared error per example."""
-    diff = reconstruction.astype(jnp.float32) - target.astype(jnp.float32)
-    return _per_example_mean(jnp.square(diff))
-
-
-def l1_reconstruction(reconstruction: jax.Array, target: jax.Array) -> jax.Array:
-    """Mean absolute error per example."""
-    diff = reconstruction.astype(jnp.float32) - target.astype(jnp.float32)
-    return _per_example_mean(jnp.abs(diff))
-
-
-RECONSTRUCTION_LOSSES = {"l2": l2_reconstruction, "l1": l1_reconstruction}
-
-
-def reconstruction_loss(name: str):
-    if name not in RECONSTRUCTION_LOSSES:
-        raise ValueError(
-            f"config.loss.reconstruction is {name!r}; choose one of {sorted(RECONSTRUCTION_LOSSES)}."
-        )
-    return RECONSTRUCTION_LOSSES[name]
-
-
-# ----------------------------------------------------------------------------------------
-# Vector-quantization loss.
-
-
-def vq_loss(codebook_loss: jax.Array, commitment_loss: jax.Array, beta: float,
-            legacy: bool = False) -> jax.Array:
-    """`||sg[z] - e||^2 + beta ||z - sg[e]||^2` (van den Oord et al., eq. 3).
-
-    `legacy=True` is taming's `VectorQuantizer2(legacy=True)` placement, the one its released
-    checkpoints were trained with: beta on the codebook term instead.
-    """
-    codebook_loss, commitment_loss = jnp.mean(codebook_loss), jnp.mean(commitment_loss)
-    if legacy:
-        return beta * codebook_loss + commitment_loss
-    return codebook_loss + beta * commitment_loss
 
 
 # ----------------------------------------------------------------------------------------
@@ -129,16 +85,3 @@ def r1_penalty(discriminator_fn, images: jax.Array) -> jax.Array:
     Multiply by gamma / 2 for the usual weighting."""
     grads = jax.grad(lambda x: jnp.sum(discriminator_fn(x).astype(jnp.float32)))(images)
     return jnp.mean(jnp.sum(jnp.reshape(jnp.square(grads.astype(jnp.float32)), (grads.shape[0], -1)), -1))
-
-
-def codebook_entropy_loss(squared_distances: jax.Array, temperature: float = 0.01) -> jax.Array:
-    """Entropy penalty on soft code assignments (as in MaskGIT/MAGVIT): the mean per-vector
-    entropy minus the entropy of the average assignment. Minimising it makes each vector
-    confident and the codebook as a whole evenly used. `squared_distances` is `[N, K]`."""
-    logits = -squared_distances.astype(jnp.float32) / temperature
-    probs = jax.nn.softmax(logits, axis=-1)
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    per_vector = jnp.mean(-jnp.sum(probs * log_probs, axis=-1))
-    average = jnp.mean(probs, axis=0)
-    codebook = -jnp.sum(average * jnp.log(jnp.maximum(average, 1e-30)))
-    return per_vector - codebook

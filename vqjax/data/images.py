@@ -200,11 +200,6 @@ def _source(cfg, split):
     return SOURCES[cfg.source](cfg, split)
 
 
-def num_examples(cfg, split: str) -> int:
-    """Number of examples in `split` (all processes together)."""
-    return _source(cfg, split)[1]
-
-
 # ----------------------------------------------------------------------------------------
 # Preprocessing.
 

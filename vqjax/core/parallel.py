@@ -53,14 +53,12 @@ def to_global(batch: Any, mesh: jax.sharding.Mesh) -> Any:
     )
 
 
-# XLA:CPU (jaxlib 0.10) hands convolutions to YNNPACK by default, which runs the 3x3
-# convolutions of 32x32 feature maps at half the speed of XLA's other convolution path
-# (forward ~140 vs ~270 GFLOP/s on 2 cores, the weight gradient ~35 vs ~160, timed one
-# convolution at a time; bench/train_step.py's VQGAN step gains 1.7x). Dots, elementwise
-# fusions and reductions stay with YNNPACK, where they are faster. An element-wise fusion
-# may still take in the convolution that feeds it (a bias, a residual, an activation's
-# derivative): bench/train_step.py --profile shows those at 120-240 GFLOP/s; what leaves
-# YNNPACK is every convolution on its own, the weight gradients above all.
+# XLA:CPU hands convolutions to YNNPACK by default, which runs the 3x3 convolutions of small
+# feature maps (and their weight gradients above all) well below XLA's own convolution path
+# on a few cores; dots, element-wise fusions and reductions stay with YNNPACK, where they are
+# faster. An element-wise fusion may still take in the convolution that feeds it (a bias, a
+# residual, an activation's derivative). `python bench/train_step.py --profile=3` shows where
+# a step's time goes with and without these options.
 _CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ",".join(
     f"LIBRARY_FUSION_TYPE_{kind}" for kind in ("INDIVIDUAL_DOT", "ELTWISE", "REDUCE"))}
 
@@ -68,15 +66,15 @@ _CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ",".join(
 CPU_CONVOLUTIONS = ("ynnpack", "xla")
 
 
-def config_compiler_options(config) -> dict[str, str]:
-    """The options a model's jits compile with, by `config.train.cpu_convolutions`: 'xla' ->
-    `compiler_options()`, 'ynnpack' (the default) -> XLA's defaults. Measured on 2 cores: 'xla'
-    makes the taming autoencoder's train step at 32x32 1.4-1.7x faster and the VQ-VAE's 8-20%
-    slower, and 256x256 inference slower (bench/taming_convert.py)."""
-    choice = config.get("train", {}).get("cpu_convolutions", "ynnpack")
-    if choice not in CPU_CONVOLUTIONS:
-        raise ValueError(f"config.train.cpu_convolutions is {choice!r}; use one of {CPU_CONVOLUTIONS}.")
-    return compiler_options() if choice == "xla" else {}
+def step_compiler_options(cpu_convolutions: str = "ynnpack") -> dict[str, str]:
+    """The options a model's jits compile with, by `cpu_convolutions` (a config's
+    `train.cpu_convolutions`): 'xla' -> `compiler_options()`, 'ynnpack' -> XLA's defaults.
+    Measured on 2 cores, 'xla' makes the taming autoencoder's train step at 32x32 faster and
+    the VQ-VAE's and 256x256 inference slower (bench/train_step.py, bench/taming_convert.py)."""
+    if cpu_convolutions not in CPU_CONVOLUTIONS:
+        raise ValueError(f"config.train.cpu_convolutions is {cpu_convolutions!r}; use one of "
+                         f"{CPU_CONVOLUTIONS}.")
+    return compiler_options() if cpu_convolutions == "xla" else {}
 
 
 @functools.cache

@@ -1,9 +1,9 @@
-"""Orbax checkpoints of a workdir: the manager, shape-checked restore, and the raw read that
-`config.init_from`, `vqjax.pretrained.load` and the converters share.
+"""Orbax checkpoints of any pytree: the manager, shape-checked restore, the raw read that
+`config.init_from`, the inference loaders and the converters share, and config.json.
 
-A model directory is a workdir: `config.json` plus `checkpoints/<step>/` holding a pytree with
-at least `params` and `codebook` (a training run adds the optimizer state and more; a
-converted taming model adds the discriminator when it has one).
+A model directory is a workdir: `config.json` plus `checkpoints/<step>/` holding a train
+state (`vqjax.train.state.TrainState`: at least `params` and `extra`; a converted model holds
+no optimizer state).
 """
 
 from __future__ import annotations
@@ -62,10 +62,8 @@ def first_mismatch(saved: Any, wanted: Any) -> Optional[str]:
 
 def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:
     """Restores checkpoint `step` into `abstract_state`; a mismatch becomes one clear sentence."""
-    # The weights are compared first: their mismatch is the one a sentence can name usefully.
-    weights = {name: getattr(abstract_state, name) for name in ("params", "codebook")
-               if getattr(abstract_state, name, None) is not None}
-    problem = first_mismatch(manager.item_metadata(step), weights)
+    # The parameters are compared first: their mismatch is the one a sentence can name usefully.
+    problem = first_mismatch(manager.item_metadata(step), {"params": abstract_state.params})
     if problem is None:
         try:
             return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
@@ -75,6 +73,14 @@ def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state: Any
         f"The checkpoint at step {step} in {manager.directory} does not match this config "
         f"({problem}); resume with the config it was written with, or start in a new --workdir."
     )
+
+
+def restructure(saved: Any, like: Any) -> Any:
+    """The arrays of `saved` (as restored: nested dicts) in the tree structure of `like` (e.g.
+    the dataclasses of a state), matched by path; call `first_mismatch` first."""
+    by_path = dict(zip(shapes_by_path(saved), jax.tree.leaves(saved)))
+    names = list(shapes_by_path(like))
+    return jax.tree.unflatten(jax.tree.structure(like), [by_path[name] for name in names])
 
 
 def read_latest(workdir: str, what: str) -> tuple[int, dict]:
@@ -131,31 +137,3 @@ def write_json(path: str, payload: Any) -> None:
     with open(tmp, "w") as f:
         json.dump(payload, f, indent=2, sort_keys=True)
     os.replace(tmp, path)
-
-
-def load_params_from(path: str, abstract_state: Any) -> dict:
-    """`config.init_from`: the network and codebook of another run's (or a converted model's)
-    latest checkpoint, plus its discriminator when both sides have one of the same shapes.
-
-    Read as saved, so the other run may have used another optimizer; only the network and
-    codebook shapes must match this config. Returns the fields to replace in the state.
-    """
-    step, saved = read_latest(path, "config.init_from")
-    if "gumbel_proj" in saved:
-        raise ValueError(f"config.init_from is {path!r}, a GumbelVQ model; vqjax trains nearest-code "
-                         "quantizers only, so it can be used (vqjax.pretrained.load) but not fine-tuned.")
-    wanted = {"params": abstract_state.params, "codebook": abstract_state.codebook}
-    problem = first_mismatch({k: saved.get(k) for k in wanted}, wanted) if all(
-        k in saved for k in wanted) else "it has no params or codebook"
-    if problem:
-        raise ValueError(
-            f"The checkpoint at step {step} in {path} (config.init_from) does not fit this config "
-            f"({problem}); use the model and quantizer settings it was trained with.")
-    loaded = {"params": saved["params"],
-              "codebook": type(abstract_state.codebook)(**saved["codebook"])}
-    for key in ("disc_params", "disc_batch_stats"):
-        target = getattr(abstract_state, key, None)
-        if target is not None and saved.get(key) is not None and not first_mismatch(saved[key], target):
-            loaded[key] = saved[key]
-    shardings = {k: jax.tree.map(lambda x: x.sharding, getattr(abstract_state, k)) for k in loaded}
-    return {k: jax.device_put(v, shardings[k]) for k, v in loaded.items()}

@@ -24,7 +24,8 @@ from typing import Iterator
 import jax
 import numpy as np
 
-from vqjax import data as data_lib, parallel
+from vqjax.core import parallel
+from vqjax.data import images as data_lib
 
 # The data settings that change which code maps a split gives.
 _DATA_FIELDS = ("source", "name", "path", "data_dir", "image_size", "channels", "crop")
@@ -41,7 +42,7 @@ def encode_split(tokenizer, data_cfg, split: str, *, flip: bool, batch_size: int
     with `flip`, in the split's order: {'codes': [N or 2N, h, w], 'labels': [N or 2N]}."""
     replicated = parallel.replicated(mesh)
     encode = jax.jit(tokenizer.encode_fn(), out_shardings=replicated,
-                     compiler_options=parallel.config_compiler_options(tokenizer.config))
+                     compiler_options=tokenizer.compiler_options)
     weights = jax.device_put(tokenizer.weights, replicated)
     codes, labels, flipped_codes = [], [], []
     for batch in data_lib.make_dataset(data_cfg, split, batch_size, train=False):

@@ -1,5 +1,5 @@
 """Evaluation of tokenizers: one jit-compiled step over sharded batches and one loop, used by
-the trainer's periodic and final evals and by `python -m experiments.evaluate`.
+the tokenizer families' periodic and final evals and by `python -m experiments.evaluate`.
 
 Per batch, on the mesh: reconstruction MSE, PSNR and SSIM (of the reconstruction clipped to
 [-1, 1], as an image file would hold it), LPIPS when its weights are given, code counts, and
@@ -12,15 +12,15 @@ a one-line reason, never reported as 0.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Callable, Iterable, Optional
 
 import jax
 import jax.numpy as jnp
-import ml_collections
-import numpy as np
 
-from vqjax import losses, metrics, parallel, quantizers
+from vqjax import quantizers
+from vqjax.core import parallel
+from vqjax.eval import metrics
+from vqjax.losses import reconstruction as reconstruction_losses
 from vqjax.nets import inception as inception_lib
 from vqjax.nets import lpips as lpips_lib
 
@@ -79,7 +79,7 @@ def make_eval_step(reconstruct: Reconstruct, num_codes: int) -> Callable:
         code_mask = jnp.broadcast_to(mask.reshape(mask.shape + (1,) * (indices.ndim - 1)), indices.shape)
         sums = {
             "num_examples": jnp.sum(mask),
-            "recon_mse": jnp.sum(losses.l2_reconstruction(reconstruction, images) * mask),
+            "recon_mse": jnp.sum(reconstruction_losses.l2_reconstruction(reconstruction, images) * mask),
             "recon_psnr": jnp.sum(metrics.psnr(clipped, images) * mask),
             "recon_ssim": jnp.sum(metrics.ssim(clipped, images) * mask),
             "code_counts": quantizers.code_counts(indices, num_codes, code_mask),
@@ -144,114 +144,9 @@ def summarize(sums: dict, real=None, fake=None, code_bits: Optional[float] = Non
     return result
 
 
-def sample_quality(fake_batches: Iterable[jax.Array], real_batches: Iterable[dict], inception_variables,
-                   mesh, *, kid_subset_size: int = 1000) -> dict:
-    """FID, Inception Score and KID of generated images against real ones.
-
-    `fake_batches`: image arrays [B, H, W, C] in [-1, 1] (B a multiple of the device count);
-    `real_batches`: host-local data batches with `image` and `mask`. Pool features go into
-    float64 streaming statistics (and are kept for KID); IS uses the samples' 1008 logits.
-    """
-    replicated = parallel.replicated(mesh)
-    net = inception_lib.InceptionV3()
-    features = jax.jit(lambda variables, images: net.apply(variables, jnp.clip(images, -1.0, 1.0)),
-                       out_shardings=replicated, compiler_options=parallel.compiler_options())
-    fake = metrics.FeatureStats(2048, keep=kid_subset_size)
-    real = metrics.FeatureStats(2048, keep=kid_subset_size)
-    logits = []
-    for images in fake_batches:
-        out = jax.device_get(features(inception_variables, jax.device_put(images, parallel.batch_sharding(mesh))))
-        fake.add(out.pool)
-        logits.append(out.logits)
-    for batch in real_batches:
-        out = jax.device_get(features(inception_variables, parallel.to_global(batch["image"], mesh)))
-        real.add(out.pool, mask=jax.device_get(parallel.to_global(batch["mask"], mesh)))
-    logits = np.concatenate(logits)
-    inception_score, inception_score_std = metrics.inception_score(logits, num_splits=min(10, len(logits)))
-    kid, kid_std = metrics.kernel_inception_distance(fake.features(), real.features(), subset_size=kid_subset_size)
-    return {"fid": fake.fid_against(real), "inception_score": inception_score,
-            "inception_score_std": inception_score_std, "kid": kid, "kid_std": kid_std,
-            "num_fid_samples": fake.count, "num_fid_real": real.count}
-
-
 def code_bits_per_pixel(reconstruct: Reconstruct, weights: Any, image_shape: tuple, num_codes: int) -> float:
     """Bits per pixel of the code maps for images of `image_shape` ([B, H, W, C]): the code
     map's shape comes from tracing `reconstruct`, nothing is computed."""
     images = jax.ShapeDtypeStruct(tuple(image_shape), jnp.float32)
     _, indices = jax.eval_shape(reconstruct, weights, images)
     return metrics.bits_per_pixel(indices.shape[1:], image_shape[1:3], num_codes=num_codes)
-
-
-def log_line(result: dict) -> str:
-    """One line for logs: the numeric metrics (a NaN shows as nan, it is not hidden)."""
-    return ", ".join(f"{k}={v:.4g}" for k, v in result.items() if isinstance(v, (int, float)))
-
-
-# ----------------------------------------------------------------------------------------
-# A whole evaluation of a model directory (`python -m experiments.evaluate`).
-
-
-def resolve_data(data_cfg, model_data_cfg):
-    """`data.source='model'`: the model config's data with this config's eval split and batch."""
-    if data_cfg.source != "model":
-        return data_cfg
-    resolved = ml_collections.ConfigDict(model_data_cfg.to_dict())
-    resolved.eval_split, resolved.eval_batch_size = data_cfg.eval_split, data_cfg.eval_batch_size
-    return resolved
-
-
-def evaluate_model(config, *, devices=None) -> dict:
-    """Evaluates `config.model_dir` (a workdir or a converted model) on `config.data`; writes
-    `<config.out or model_dir/eval>/eval.json` and returns the metrics. A tokenizer gets
-    reconstruction metrics, a prior (vqjax.prior) likelihoods and sample quality."""
-    from vqjax import checkpoints
-
-    if not config.model_dir:
-        raise ValueError("config.model_dir is empty; pass --config.model_dir=DIR, a vqjax training "
-                         "workdir or a directory written by `python -m vqjax.convert taming`.")
-    if "tokenizer_dir" in checkpoints.read_config(config.model_dir):  # a prior over code maps
-        from vqjax import prior
-
-        result = prior.evaluate_workdir(config, devices=devices)
-    else:
-        result = evaluate_tokenizer(config, devices=devices)
-    result["model_dir"] = os.path.abspath(config.model_dir)
-    out = config.out or os.path.join(config.model_dir, "eval")
-    if jax.process_index() == 0:
-        os.makedirs(out, exist_ok=True)
-        checkpoints.write_json(os.path.join(out, "eval.json"), result)
-    return result
-
-
-def evaluate_tokenizer(config, *, devices=None) -> dict:
-    """Reconstruction, codebook and compression metrics of the tokenizer in `config.model_dir`."""
-    from vqjax import data as data_lib, pretrained
-
-    tokenizer = pretrained.load(config.model_dir)
-    data_cfg = resolve_data(config.data, tokenizer.config.data)
-    mesh = parallel.make_mesh(devices)
-    parallel.check_batch_size(data_cfg.eval_batch_size, mesh, "config.data.eval_batch_size")
-    replicated = parallel.replicated(mesh)
-
-    reconstruct = tokenizer.reconstruct_fn()
-    eval_step = jax.jit(make_eval_step(reconstruct, tokenizer.num_codes), out_shardings=replicated,
-                        compiler_options=parallel.config_compiler_options(tokenizer.config))
-    evaluators = load_evaluators(config.evals.lpips_path, config.evals.inception_path).place(replicated)
-    weights = jax.device_put(tokenizer.weights, replicated)
-    image_shape = (data_cfg.eval_batch_size, data_cfg.image_size, data_cfg.image_size, data_cfg.channels)
-    code_bits = code_bits_per_pixel(reconstruct, weights, image_shape, tokenizer.num_codes)
-
-    batches = data_lib.make_dataset(data_cfg, data_cfg.eval_split, data_cfg.eval_batch_size, train=False)
-    result = evaluate(eval_step, weights, batches, mesh, num_codes=tokenizer.num_codes, code_bits=code_bits,
-                      evaluators=evaluators, num_batches=config.evals.num_eval_batches)
-    result["data"] = {k: data_cfg[k] for k in ("source", "name", "path", "eval_split", "image_size")}
-    return result
-
-
-def format_table(result: dict) -> str:
-    """The metrics as an aligned two-column table, skipped ones with their reason."""
-    rows = [(k, f"{v:.6g}" if isinstance(v, float) else str(v)) for k, v in result.items()
-            if isinstance(v, (int, float))]
-    rows += [(k, f"skipped: {reason}") for k, reason in result.get("skipped", {}).items()]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -1,0 +1,163 @@
+"""`train_and_evaluate(config, workdir)`: one experiment of any family, from the checks
+before step 1 to metrics.json.
+
+Outputs in `workdir`:
+  config.json       the resolved config (with `family`)
+  checkpoints/      Orbax checkpoints of the train state (async; the newest
+                    `train.keep_checkpoints` kept)
+  tensorboard/      interval-averaged training metrics, learning rates, evaluations, the
+                    config as text and the family's evaluation images
+  metrics.json      the final evaluation (written once training has finished)
+  + the family's own files (reconstructions.png, samples.png, tokens/, ...)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+from absl import logging
+
+from vqjax import families
+from vqjax.core import checkpoints, parallel
+from vqjax.families.base import Family
+from vqjax.inference import legacy
+from vqjax.train import loop as loop_lib
+from vqjax.train.state import TrainState
+
+
+def check_train_config(train_cfg) -> None:
+    for name in ("num_steps", "log_steps", "eval_steps", "ckpt_steps"):
+        if int(train_cfg[name]) <= 0:
+            raise ValueError(f"config.train.{name} is {train_cfg[name]}; it must be a positive number of steps.")
+
+
+def prepare(config, workdir: str, devices=None) -> tuple[str, jax.sharding.Mesh]:
+    """The start of every run: the config's checks, the workdir (absolute, created, holding
+    config.json) and the mesh, checked against the batch sizes."""
+    if "family" not in config or config.family not in families.FAMILIES:
+        raise ValueError(f"config.family is {config.get('family')!r}; set it to one of "
+                         f"{sorted(families.FAMILIES)} in the config file.")
+    check_train_config(config.train)
+    mesh = parallel.make_mesh(devices)
+    parallel.check_batch_size(config.data.batch_size, mesh)
+    parallel.check_batch_size(config.data.eval_batch_size, mesh, "config.data.eval_batch_size")
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        checkpoints.write_config(workdir, config)
+    return workdir, mesh
+
+
+def load_init_from(path: str, family: Family, abstract_state: TrainState, fresh_state: TrainState,
+                   params_ema_decay: float) -> tuple[TrainState, list[str]]:
+    """`config.init_from`: the parameters of another run's (or a converted model's) latest
+    checkpoint, and the `extra` entries the family carries over (`Family.init_from_extra`).
+    Read as saved, so the other run may have used another optimizer; the optimizer state and
+    the step start fresh. Returns the state and what was loaded."""
+    from vqjax.core import optim
+
+    step, saved = checkpoints.read_latest(path, "config.init_from")
+    saved = family.load_for_init(saved)
+    problem = checkpoints.first_mismatch({"params": saved.get("params")}, {"params": abstract_state.params})
+    if problem:
+        raise ValueError(f"The checkpoint at step {step} in {path} (config.init_from) does not fit this config "
+                         f"({problem}); use the model and quantizer settings it was trained with.")
+    loaded = {"params": checkpoints.restructure(saved["params"], abstract_state.params)}
+    extra = dict(fresh_state.extra)
+    saved_extra = saved.get("extra", {})
+    for key, required in family.init_from_extra.items():
+        target = abstract_state.extra[key]
+        problem = (f"extra/{key} is missing" if key not in saved_extra
+                   else checkpoints.first_mismatch(saved_extra[key], target))
+        if problem is None:
+            extra[key] = checkpoints.restructure(saved_extra[key], target)
+            loaded[key] = None
+        elif required:
+            raise ValueError(f"The checkpoint at step {step} in {path} (config.init_from) does not fit this "
+                             f"config ({problem}); use the quantizer settings it was trained with.")
+    shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
+    params = jax.device_put(loaded["params"], shardings.params)
+    state = fresh_state.replace(
+        params=params, extra=jax.device_put(extra, shardings.extra),
+        # The weight average, if any, restarts from the loaded weights too.
+        ema_params=optim.init_ema_params(params, params_ema_decay))
+    return state, sorted(loaded)
+
+
+def train_and_evaluate(config, workdir: str, *, devices=None, **family_kwargs: Any) -> dict:
+    """Trains `config` (any family) in `workdir`, resuming from its latest checkpoint if it
+    has one; returns the final metrics (also written to metrics.json). `family_kwargs` go to
+    the family's builder (benchmarks pass random LPIPS weights)."""
+    workdir, mesh = prepare(config, workdir, devices)
+    is_main = jax.process_index() == 0
+    replicated = parallel.replicated(mesh)
+    family = families.build(config, mesh=mesh, workdir=workdir, **family_kwargs)
+    options = family.compiler_options
+
+    # --- Compiled step and state: the workdir's latest checkpoint, else init_from, else fresh.
+    frozen = jax.device_put(family.frozen, replicated)
+    compiled_step = jax.jit(family.train_step, donate_argnums=0, out_shardings=(replicated, replicated),
+                            compiler_options=options)
+    train_step = lambda state, batch: compiled_step(state, batch, *frozen)
+    manager = checkpoints.checkpoint_manager(workdir, config.train.keep_checkpoints)
+    example = parallel.to_global(family.example(), mesh)
+    create = jax.jit(family.create, out_shardings=replicated, compiler_options=options)
+    init_rng = jax.random.key(config.seed)
+    abstract_state = checkpoints.abstract_like(jax.eval_shape(create, init_rng, example), replicated)
+    latest = manager.latest_step()
+    notes = []
+    if latest is not None:
+        if legacy.is_old_tokenizer_tree(manager.item_metadata(latest)):
+            raise ValueError(legacy.resume_refusal(workdir))
+        state = checkpoints.restore_state(manager, latest, abstract_state)
+        notes.append(f"resumed from {manager.directory} at step {latest}")
+    else:
+        state = create(init_rng, example)
+        if config.get("init_from"):
+            state, loaded = load_init_from(config.init_from, family, abstract_state, state,
+                                           float(config.optim.get("params_ema_decay", 0.0)))
+            notes.append(f"initialised {', '.join(loaded)} from {config.init_from}")
+    start_step, num_steps = int(state.step), int(config.train.num_steps)
+    if is_main:
+        print(f"vqjax: {family.describe(state, mesh.devices.size)}, starting at step {start_step} of "
+              f"{num_steps}" + "".join(f"; {note}" for note in notes) + ".", flush=True)
+    for note in notes:
+        logging.info(note)
+
+    # --- The loop.
+    logger = loop_lib.Logger(workdir, num_steps, start_step)
+    logger.text(start_step, "config", "```\n" + json.dumps(json.loads(config.to_json_best_effort()), indent=2,
+                                                          sort_keys=True) + "\n```")
+    batches = (parallel.to_global(batch, mesh) for batch in family.train_batches(start_step))
+    settings = loop_lib.LoopSettings(
+        num_steps=num_steps, log_steps=int(config.train.log_steps), eval_steps=int(config.train.eval_steps),
+        ckpt_steps=int(config.train.ckpt_steps), examples_per_step=int(config.data.batch_size), unit=family.unit,
+        watched=family.watched, progress=family.progress, schedules=family.schedules)
+    try:
+        result = loop_lib.run_loop(state, train_step, batches, settings, manager=manager, logger=logger,
+                                   last_checkpoint=latest, periodic_eval=family.evaluate,
+                                   eval_images=family.eval_images)
+        if result.preempted:
+            return {"step": int(result.state.step), "preempted": True}
+
+        # --- Final evaluation and outputs.
+        state = result.state
+        final = family.evaluate(state)
+        final["step"] = int(state.step)
+        final[settings.rate_name] = result.examples_per_sec
+        if result.last_metrics is not None:
+            final["train_loss"] = float(result.last_metrics["loss"])
+            for name in family.final_train_metrics:
+                if name in result.last_metrics:
+                    final[name] = float(result.last_metrics[name])
+        final.update(family.finish(state, workdir))
+    finally:
+        manager.close()
+    if is_main:
+        checkpoints.write_json(os.path.join(workdir, "metrics.json"), final)
+        skipped = f"; skipped: {', '.join(final['skipped'])}" if final.get("skipped") else ""
+        print(f"vqjax: final {loop_lib.log_line(dict(sorted(final.items())))}{skipped}", flush=True)
+    return final

@@ -1,0 +1,211 @@
+"""The training loop every family runs: steps, interval-averaged logging, the non-finite
+stop, periodic evaluation, checkpoints and preemption.
+
+`run_loop` reads nothing of a family but the names it is given (which metrics to watch and
+show, the unit it counts); `vqjax.train.experiment.train_and_evaluate` sets it up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import time
+from typing import Any, Callable, Iterator, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss or gradient."""
+
+
+def log_line(result: dict) -> str:
+    """One line for logs: the numeric metrics (a NaN shows as nan, it is not hidden)."""
+    return ", ".join(f"{k}={v:.4g}" for k, v in result.items()
+                     if isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def numeric_scalars(values: dict) -> dict:
+    """The entries of `values` that are numbers (TensorBoard scalars)."""
+    return {k: float(v) for k, v in values.items()
+            if not isinstance(v, (str, bytes, dict)) and v is not None and np.ndim(v) == 0}
+
+
+class Logger:
+    """TensorBoard (process 0) plus a progress bar: scalars, text, images, lines."""
+
+    def __init__(self, workdir: str, num_steps: int, start_step: int):
+        self.is_main = jax.process_index() == 0
+        self.writer = None
+        self.bar = None
+        if self.is_main:
+            from flax.metrics import tensorboard
+            from tqdm.auto import tqdm
+
+            self.writer = tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self.bar = tqdm(total=num_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                            mininterval=5.0)
+
+    def scalars(self, step: int, values: dict, prefix: str = "") -> None:
+        if self.writer is not None:
+            for name, value in numeric_scalars(values).items():
+                self.writer.scalar(prefix + name, value, step)
+            self.writer.flush()
+
+    def text(self, step: int, name: str, text: str) -> None:
+        if self.writer is not None:
+            self.writer.text(name, text, step)
+            self.writer.flush()
+
+    def images(self, step: int, grids: dict, prefix: str = "") -> None:
+        """uint8 grids [H, W, C] or [H, W], by name."""
+        if self.writer is not None:
+            for name, grid in grids.items():
+                grid = grid[..., None] if grid.ndim == 2 else grid
+                self.writer.image(prefix + name, grid, step)
+            self.writer.flush()
+
+    def progress(self, step: int, postfix: dict) -> None:
+        if self.bar is not None:
+            # Postfix first: update() draws the bar, and should draw this step's values.
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+            self.bar.update(step - self.bar.n)
+
+    def write(self, line: str) -> None:
+        if self.is_main:
+            if self.bar is not None:
+                self.bar.write(line)
+            else:
+                print(line, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def check_finite(step: int, metrics: dict, watched: tuple, last_checkpoint: Optional[int]) -> None:
+    """Stops the run with a sentence when a watched metric is NaN or infinite."""
+    for name in watched:
+        if name not in metrics:
+            continue
+        value = float(metrics[name])
+        if not math.isfinite(value):
+            where = (f"the last good checkpoint is step {last_checkpoint}" if last_checkpoint
+                     else "no checkpoint was written yet")
+            raise NonFiniteLossError(
+                f"The training {name} became {value} at step {step} ({where}); lower "
+                "config.optim.learning_rate or set config.optim.grad_clip_norm, then run again "
+                "with the same --workdir to resume."
+            )
+
+
+RATE_LABELS = {"images": "img", "code maps": "maps"}  # progress bar: img/s, maps/s
+
+
+@jax.jit
+def _accumulate(sums: dict, metrics: dict) -> dict:
+    return jax.tree.map(lambda s, m: s + m.astype(jnp.float32), sums, metrics)
+
+
+@dataclasses.dataclass
+class LoopResult:
+    state: Any
+    last_metrics: Optional[dict]  # host copy of the last step's metrics; None if no step ran
+    # None when this invocation trained for fewer than two steps (nothing timed after compiling).
+    examples_per_sec: Optional[float]
+    preempted: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopSettings:
+    """What the loop needs to know besides the step: `config.train`'s intervals and the
+    family's names."""
+
+    num_steps: int
+    log_steps: int
+    eval_steps: int
+    ckpt_steps: int
+    examples_per_step: int
+    unit: str = "images"  # throughput is reported as `<unit>_per_sec`
+    watched: tuple = ("loss",)
+    progress: dict = dataclasses.field(default_factory=lambda: {"loss": "loss"})
+    schedules: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def rate_name(self) -> str:
+        return self.unit.replace(" ", "_") + "_per_sec"
+
+
+def run_loop(state, train_step: Callable, batches: Iterator, settings: LoopSettings, *,
+             manager: ocp.CheckpointManager, logger: Logger, last_checkpoint: Optional[int],
+             periodic_eval: Callable[[Any], dict], eval_images: Callable[[Any], dict]) -> LoopResult:
+    """Steps `state` from its step to `settings.num_steps` over global `batches`.
+
+    Every `log_steps`: the metrics averaged over the steps since the last log (summed on the
+    device, one transfer per log), the learning rates and the throughput go to TensorBoard
+    and the progress bar, and a non-finite watched metric stops the run. Every `eval_steps`
+    (not at the last step: the caller's final evaluation covers it): the family's evaluation
+    and its images. Every `ckpt_steps` and at the end: a checkpoint; on SIGTERM a checkpoint
+    and a return with `preempted=True`. Closes `logger`.
+    """
+    num_steps, start_step = settings.num_steps, int(state.step)
+    terminate = {"requested": False}
+    previous_handler = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda *_: terminate.update(requested=True))
+    timing = {"start": None, "examples": 0}
+    last_log_time, last_log_step = time.perf_counter(), start_step
+    metrics, sums, summed_steps = None, None, 0
+    try:
+        for step in range(start_step + 1, num_steps + 1):
+            state, metrics = train_step(state, next(batches))
+            sums = (jax.tree.map(lambda m: m.astype(jnp.float32), metrics) if sums is None
+                    else _accumulate(sums, metrics))
+            summed_steps += 1
+            if timing["start"] is None:  # the first step compiles: throughput starts after it
+                jax.block_until_ready(metrics)
+                timing["start"] = time.perf_counter()
+            else:
+                timing["examples"] += settings.examples_per_step
+
+            if step % settings.log_steps == 0 or step == num_steps:
+                averages = {k: float(v) / summed_steps for k, v in jax.device_get(sums).items()}
+                sums, summed_steps = None, 0
+                check_finite(step, averages, settings.watched, last_checkpoint)
+                now = time.perf_counter()
+                averages[settings.rate_name] = (step - last_log_step) * settings.examples_per_step / (now - last_log_time)
+                last_log_time, last_log_step = now, step
+                for name, schedule in settings.schedules.items():
+                    averages[name] = float(schedule(step - 1))  # the rate this step used
+                logger.scalars(step, averages, "train/")
+                shown = {**settings.progress, settings.rate_name: RATE_LABELS.get(settings.unit, settings.unit) + "/s"}
+                logger.progress(step, {short: averages[name] for name, short in shown.items() if name in averages})
+
+            if step % settings.eval_steps == 0 and step != num_steps:
+                eval_metrics = periodic_eval(state)
+                logger.scalars(step, eval_metrics, "eval/")
+                logger.images(step, eval_images(state), "eval/")
+                logger.write(f"step {step}: {log_line(eval_metrics)}")
+
+            if step % settings.ckpt_steps == 0 or step == num_steps or terminate["requested"]:
+                check_finite(step, jax.device_get(metrics), settings.watched, last_checkpoint)
+                manager.save(step, args=ocp.args.StandardSave(state))
+                last_checkpoint = step
+            if terminate["requested"]:
+                manager.wait_until_finished()
+                logger.write(f"SIGTERM: saved step {step} to {manager.directory}; run again to resume.")
+                return LoopResult(state, jax.device_get(metrics), None, preempted=True)
+        jax.block_until_ready(state)
+        seconds = time.perf_counter() - timing["start"] if timing["start"] else 0.0
+    finally:
+        manager.wait_until_finished()
+        signal.signal(signal.SIGTERM, previous_handler)
+        logger.close()
+    return LoopResult(state, None if metrics is None else jax.device_get(metrics),
+                      timing["examples"] / seconds if timing["examples"] else None, preempted=False)
