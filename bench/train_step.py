@@ -59,7 +59,8 @@ sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import op_profile  # pylint: disable=wrong-import-position
 from common import median_seconds, xla_memory_mb  # pylint: disable=wrong-import-position
-from vqjax import parallel, state as state_lib, steps, trainer  # pylint: disable=wrong-import-position
+from vqjax import families  # pylint: disable=wrong-import-position
+from vqjax.core import optim, parallel  # pylint: disable=wrong-import-position
 from vqjax.nets import lpips  # pylint: disable=wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Tokenizer config file.",
@@ -102,20 +103,19 @@ def median_step_seconds(step: Callable, state, num_steps: int) -> tuple[float, A
 
 def bench_vqjax(config, label: str) -> dict:
     """images/s, compile seconds and memory of the config's train step."""
-    model = steps.build_model(config.model)
-    perceptual_params = None
-    if trainer.is_gan(config) and config.loss.perceptual_weight > 0 and not config.loss.lpips_path:
+    family_kwargs = {}
+    if config.family == "vqgan" and config.loss.perceptual_weight > 0 and not config.loss.lpips_path:
         print("  (no LPIPS weights: the perceptual loss runs with random ones, at the same cost)")
         both = jnp.zeros((1, 64, 64, 3), jnp.float32)
-        perceptual_params = lpips.LPIPS().init(jax.random.key(0), both, both)["params"]
-    family = trainer.build_family(config, model, int(config.train.num_steps), perceptual_params)
+        family_kwargs["perceptual_params"] = lpips.LPIPS().init(jax.random.key(0), both, both)["params"]
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    family = families.build(config, mesh=mesh, workdir="", **family_kwargs)
     shape = image_shape(config)
     images = jax.random.uniform(jax.random.key(1), shape, jnp.float32, -1.0, 1.0)
-    state = jax.jit(family.create)(jax.random.key(config.seed), images)
     batch = {"image": images}
+    state = jax.jit(family.create)(jax.random.key(config.seed), batch)
 
-    train_step = jax.jit(family.train_step, donate_argnums=0,
-                         compiler_options=parallel.config_compiler_options(config))
+    train_step = jax.jit(family.train_step, donate_argnums=0, compiler_options=family.compiler_options)
     start = time.perf_counter()
     compiled = train_step.lower(state, batch, *family.frozen).compile()
     compile_s = time.perf_counter() - start
@@ -136,7 +136,7 @@ def bench_vqjax(config, label: str) -> dict:
         "compile_s": compile_s,
         "peak_mem_mb": xla_memory_mb(compiled),
         "device_peak_mem_mb": device_peak_mb(),
-        "params": state_lib.count_params(state.params),
+        "params": optim.count_params(state.params["net"]),
         "step_tflop": flops / 1e12,
         "tflops_per_sec": flops / 1e12 / seconds,
         "mfu": flops / 1e12 / seconds / _PEAK_TFLOPS.value if _PEAK_TFLOPS.value else None,
@@ -158,6 +158,7 @@ def peer_loss_config(config):
         for section in ("disc", "optim_d"):
             if section in matched:
                 del matched[section]
+        matched.family = "vqvae"  # one network trained by one loss
         matched.loss = {"reconstruction": "l1"}
         matched.quantizer.update(kind="vq", init="uniform", dead_code_threshold=0.0)
         matched.optim.params_ema_decay = 0.0

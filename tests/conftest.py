@@ -51,9 +51,9 @@ def trained_vqgan(tmp_path_factory):
     """One VQGAN smoke run (4 steps, weight average on) shared by the tests that need a
     finished workdir: (config, workdir, final metrics)."""
     from tests.helpers import load_config
-    from vqjax import trainer
+    from vqjax.train import experiment
 
     config = load_config("vqgan_quickstart", "smoke")
     config.optim.params_ema_decay = 0.5  # evaluation uses the weight average
     workdir = str(tmp_path_factory.mktemp("trained_vqgan"))
-    return config, workdir, trainer.train_and_evaluate(config, workdir)
+    return config, workdir, experiment.train_and_evaluate(config, workdir)

@@ -27,7 +27,7 @@ def _training_config_names():
 
 
 def is_prior_config(name) -> bool:
-    return "tokenizer_dir" in load_config(name)
+    return load_config(name).family == "prior"
 
 
 def config_names():

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from tests.helpers import load_config
-from vqjax import gan, steps
-from vqjax.nets import blocks
+from vqjax.families import vqgan as gan
+from vqjax.nets import blocks, build as nets_build
 from vqjax.nets.discriminator import NLayerDiscriminator
 
 torch = pytest.importorskip("torch")
@@ -61,7 +61,7 @@ def test_parameter_counts_equal_taming(name):
                     + (sizes["z_channels"] * embed_dim + embed_dim)  # quant_conv
                     + (embed_dim * sizes["z_channels"] + sizes["z_channels"]))  # post_quant_conv
     config = load_config(name)
-    model = steps.build_model(config.model)
+    model = nets_build.build_autoencoder(**config.model)
     params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 256, 256, 3)))["params"]
     assert _count(params["encoder"]) == encoder_count
     assert _count(params["decoder"]) == decoder_count

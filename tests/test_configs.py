@@ -5,7 +5,11 @@ import jax.numpy as jnp
 import pytest
 
 from tests.helpers import config_names, load_config, prior_config_names
-from vqjax import prior, state as state_lib, steps
+from vqjax import quantizers
+from vqjax.core import optim as state_lib
+from vqjax.families import tokenizer as tokenizer_lib
+from vqjax.nets import build as nets
+from vqjax.train.state import TrainState
 
 
 @pytest.mark.parametrize("name", config_names())
@@ -13,14 +17,24 @@ from vqjax import prior, state as state_lib, steps
 def test_config_builds_its_model(name, arg):
     config = load_config(name, arg)
     config.lock()
-    model = steps.build_model(config.model)
+    model = nets.build_autoencoder(**config.model)
     tx = state_lib.make_optimizer(config.optim, config.train.num_steps)
     images = jnp.zeros((2, config.data.image_size, config.data.image_size, config.data.channels))
     config.quantizer.init = "uniform"  # shapes only: k-means needs real encoder outputs
-    abstract = jax.eval_shape(lambda: steps.init_state(config, model, tx, jax.random.key(0), images))
-    assert abstract.codebook.embedding.shape == (config.quantizer.num_codes, config.model.embed_dim)
-    latent = config.data.image_size // steps.downsampling_factor(model)
-    z = jax.eval_shape(lambda p: model.apply({"params": p}, images, method=model.encode), abstract.params)
+    quantizer = quantizers.build(config.quantizer, dim=config.model.embed_dim)
+
+    def init_state():
+        params, quantizer_state = tokenizer_lib.init_params(model, quantizer, jax.random.key(0), images)
+        return TrainState.create(seed=config.seed, params=params, tx=tx, extra={"quantizer": quantizer_state},
+                                 params_ema_decay=config.optim.get("params_ema_decay", 0.0))
+
+    abstract = jax.eval_shape(init_state)
+    codebook = jax.eval_shape(
+        lambda s: quantizer.lookup({"params": s.params["quantizer"], "state": s.extra["quantizer"]},
+                                   jnp.arange(config.quantizer.num_codes)), abstract)
+    assert codebook.shape == (config.quantizer.num_codes, config.model.embed_dim)
+    latent = config.data.image_size // nets.downsampling_factor(model)
+    z = jax.eval_shape(lambda p: model.apply({"params": p}, images, method=model.encode), abstract.params["net"])
     assert z.shape == (2, latent, latent, config.model.embed_dim)
     with pytest.raises(AttributeError):
         config.train.num_stepz = 3  # locked: a typo is an error
@@ -44,7 +58,7 @@ def test_vqgan_configs_have_tamings_settings():
         assert state_lib.peak_learning_rate(config.optim, 12) == pytest.approx(5.4e-5)
         assert config.loss.reconstruction == "l1" and config.loss.perceptual_weight == 1.0
         assert config.loss.gan_loss == "hinge" and config.loss.adaptive_weight
-        assert config.quantizer.kind == "vq" and config.quantizer.beta == 0.25 and config.loss.legacy_beta
+        assert config.quantizer.kind == "vq" and config.quantizer.beta == 0.25 and config.quantizer.legacy_beta
     f16_16384 = load_config("vqgan_imagenet_f16_16384")
     assert (f16_16384.loss.disc_start, f16_16384.loss.disc_weight, f16_16384.disc.n_layers) == (0, 0.75, 2)
     assert load_config("vqgan_imagenet_f16_1024").loss.disc_start == 250_001
@@ -65,7 +79,7 @@ def test_learning_rate_scaling_by_global_batch(lr_scaled):
 def test_prior_config_builds_its_model(name, arg):
     config = load_config(name, arg)
     config.lock()
-    model = prior.build_model(config.model, num_codes=1024, seq_len=64)
+    model = nets.build_transformer(num_codes=1024, seq_len=64, **config.model)
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((2, 64), jnp.int32),
                                                jnp.zeros((2,), jnp.int32))["params"])
     tx = state_lib.make_optimizer(config.optim, config.train.num_steps, config.data.batch_size,
@@ -78,7 +92,7 @@ def test_prior_config_builds_its_model(name, arg):
 
 def test_prior_configs_have_the_references_settings():
     cin = load_config("gpt_imagenet_cin")
-    model = prior.build_model(cin.model, num_codes=16384, seq_len=256)
+    model = nets.build_transformer(num_codes=16384, seq_len=256, **cin.model)
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 256), jnp.int32),
                                                jnp.zeros((1,), jnp.int32))["params"])
     # taming's cIN transformer: 48 layers of width 1536 over 16384 codes, about 1.4 B parameters.

@@ -14,7 +14,10 @@ import jax
 import numpy as np
 import pytest
 
-from vqjax import checkpoints, convert, gan, parallel, pretrained, steps, trainer
+from vqjax import convert, pretrained
+from vqjax.core import checkpoints, parallel
+from vqjax.families import vqgan as gan
+from vqjax.train import experiment
 from vqjax.convert import taming as taming_convert
 from vqjax.nets import lpips as lpips_lib
 
@@ -168,7 +171,7 @@ def test_encoder_codes_and_reconstructions_equal_taming(converted):
         h, z_q_torch, indices_torch = module.encode(images)
         reconstruction_torch = module.decode(z_q_torch)
     x = _nhwc(images)
-    z = tokenizer.model.apply({"params": tokenizer.params}, x, method="encode")
+    z = tokenizer.model.apply({"params": tokenizer.params["net"]}, x, method="encode")
     _close(z, _nhwc(h))
     z_q, indices = tokenizer.encode(x)
     np.testing.assert_array_equal(np.asarray(indices), indices_torch.numpy())
@@ -188,19 +191,19 @@ def test_config_and_loss_parts(converted):
     assert config.quantizer.kind == {"EMAVQ": "ema", "GumbelVQ": "gumbel"}.get(target.rsplit(".")[-1], "vq")
     _, saved = checkpoints.read_latest(converted.out, "test")
     if name == "ema":  # the EMA statistics continue where taming's stopped
-        np.testing.assert_array_equal(saved["codebook"]["cluster_size"],
+        np.testing.assert_array_equal(saved["extra"]["quantizer"]["cluster_size"],
                                       converted.state["quantize.embedding.cluster_size"].numpy())
-        np.testing.assert_array_equal(saved["codebook"]["embed_sum"],
+        np.testing.assert_array_equal(saved["extra"]["quantizer"]["embed_sum"],
                                       converted.state["quantize.embedding.embed_avg"].numpy())
     if name != "attention":
-        assert "disc_params" not in saved and not config.loss.lpips_path
+        assert "disc_params" not in saved["extra"] and not config.loss.lpips_path
         return
     # The discriminator and LPIPS of the checkpoint come along, with taming's loss settings.
     assert (config.loss.disc_start, config.loss.disc_weight, config.disc.n_layers, config.disc.ndf) == (
         100, 0.8, 2, 16)
     x = _nhwc(images)
     disc = gan.build_discriminator(config.disc)
-    logits = disc.apply({"params": saved["disc_params"], "batch_stats": saved["disc_batch_stats"]}, x)
+    logits = disc.apply({"params": saved["extra"]["disc_params"], "batch_stats": saved["extra"]["disc_batch_stats"]}, x)
     with torch.no_grad():
         logits_torch = module.loss.discriminator(images)
     _close(logits, _nhwc(logits_torch))
@@ -288,13 +291,18 @@ def test_a_converted_model_is_a_starting_point_for_init_from(tmp_path):
                   "--out", out])
     config = checkpoints.read_config(out)
     config.loss.perceptual_weight = 0.0
-    model = steps.build_model(config.model)
-    family = trainer.build_family(config, model, num_steps=1)
-    abstract = jax.eval_shape(family.create, jax.random.key(0), jax.numpy.zeros((8, 16, 16, 3)))
-    abstract = checkpoints.abstract_like(abstract, parallel.replicated(parallel.make_mesh()))
-    loaded = checkpoints.load_params_from(out, abstract)
-    assert set(loaded) == {"params", "codebook", "disc_params", "disc_batch_stats"}
+    config.train.num_steps = 1
+    mesh = parallel.make_mesh()
+    family = gan.VQGANFamily(config, mesh=mesh)
+    batch = {"image": jax.numpy.zeros((8, 16, 16, 3))}
+    create = jax.jit(family.create, out_shardings=parallel.replicated(mesh))
+    abstract = jax.eval_shape(create, jax.random.key(0), batch)
+    abstract = checkpoints.abstract_like(abstract, parallel.replicated(mesh))
+    state, loaded = experiment.load_init_from(out, family, abstract, create(jax.random.key(0), batch), 0.0)
+    assert set(loaded) == {"params", "quantizer", "disc_params", "disc_batch_stats"}
     _, converted = checkpoints.read_latest(out, "test")
-    for key in ("params", "disc_params", "disc_batch_stats"):
-        jax.tree.map(np.testing.assert_array_equal, jax.device_get(loaded[key]), converted[key])
-    np.testing.assert_array_equal(loaded["codebook"].embedding, converted["codebook"]["embedding"])
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), converted["params"])
+    for key in ("disc_params", "disc_batch_stats"):
+        jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.extra[key]), converted["extra"][key])
+    np.testing.assert_array_equal(state.params["quantizer"]["codebook"],
+                                  converted["params"]["quantizer"]["codebook"])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vqjax import data
+from vqjax.data import images as data
 
 
 def _cfg(**overrides):

@@ -1,4 +1,4 @@
-"""`python -m experiments.evaluate` and `vqjax.evaluation`: the trainer's evaluation and the
+"""`python -m experiments.evaluate` and `vqjax.eval`: the trainer's evaluation and the
 entry point are the same functions, and metrics without weights are skipped with a reason."""
 
 import json
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from tests.helpers import REPO_ROOT, load_config, random_frozen_weights, subprocess_env
-from vqjax import evaluation, parallel
+from vqjax.core import parallel
+from vqjax.eval import evaluate_model as evaluate_model_lib, reconstruction as evaluation
 from vqjax.convert import save_params
 from vqjax.nets import inception, lpips
 
@@ -24,7 +25,7 @@ def _evaluate_config(model_dir, out):
 
 def test_entry_point_computes_what_the_trainer_evaluated(trained_vqgan, tmp_path):
     _, workdir, trained = trained_vqgan  # same eval split, batch size and batch count (smoke)
-    result = evaluation.evaluate_model(_evaluate_config(workdir, str(tmp_path)))
+    result = evaluate_model_lib.evaluate_model(_evaluate_config(workdir, str(tmp_path)))
     for key in ("recon_mse", "recon_psnr", "recon_ssim", "codebook_usage", "perplexity",
                 "num_eval_examples", "bits_per_pixel"):
         np.testing.assert_allclose(result[key], trained[key], rtol=1e-6, err_msg=key)
@@ -60,9 +61,9 @@ def test_entry_point_with_lpips_and_inception_weights(trained_vqgan, tmp_path):
 
 def test_missing_model_and_weights_are_sentences(tmp_path):
     with pytest.raises(ValueError, match="config.model_dir is empty"):
-        evaluation.evaluate_model(_evaluate_config("", str(tmp_path)))
+        evaluate_model_lib.evaluate_model(_evaluate_config("", str(tmp_path)))
     with pytest.raises(ValueError, match="no config.json"):
-        evaluation.evaluate_model(_evaluate_config(str(tmp_path), str(tmp_path)))
+        evaluate_model_lib.evaluate_model(_evaluate_config(str(tmp_path), str(tmp_path)))
     with pytest.raises(ValueError, match="python -m vqjax.convert inception"):
         evaluation.load_evaluators("", str(tmp_path / "absent.msgpack"))
 

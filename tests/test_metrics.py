@@ -1,4 +1,4 @@
-"""Tests for vqjax.metrics: every metric against scikit-image, scipy, pytorch-fid or a
+"""Tests for vqjax.eval.metrics: every metric against scikit-image, scipy, pytorch-fid or a
 hand computation."""
 
 import math
@@ -13,7 +13,8 @@ from scipy import ndimage
 from skimage import data as skdata
 from skimage import metrics as skmetrics
 
-from vqjax import metrics, quantizers
+from vqjax import quantizers
+from vqjax.eval import metrics
 
 
 def _to_unit_range(image: np.ndarray) -> np.ndarray:

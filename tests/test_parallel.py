@@ -1,11 +1,11 @@
-"""Compilation options of vqjax.parallel: what they switch, and that results do not change."""
+"""Compilation options of vqjax.core.parallel: what they switch, and that results do not change."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vqjax import parallel
+from vqjax.core import parallel
 from vqjax.nets.blocks import ResnetBlock
 
 
@@ -37,9 +37,9 @@ def test_cpu_options_change_speed_not_values():
 def test_the_config_chooses_the_cpu_convolutions():
     from tests.helpers import load_config
 
-    assert parallel.config_compiler_options(load_config("vqvae_quickstart")) == {}
-    assert parallel.config_compiler_options(load_config("vqgan_quickstart")) == parallel.compiler_options()
+    assert parallel.step_compiler_options(load_config("vqvae_quickstart").train.cpu_convolutions) == {}
+    assert parallel.step_compiler_options(load_config("vqgan_quickstart").train.cpu_convolutions) == parallel.compiler_options()
     config = load_config("vqvae_quickstart")
     config.train.cpu_convolutions = "onednn"
     with pytest.raises(ValueError, match="cpu_convolutions is 'onednn'; use one of"):
-        parallel.config_compiler_options(config)
+        parallel.step_compiler_options(config.train.cpu_convolutions)

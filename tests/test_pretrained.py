@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vqjax import data as data_lib, metrics, pretrained, trainer
+from vqjax import pretrained
+from vqjax.core import checkpoints, images as images_lib
+from vqjax.data import images as data_lib
+from vqjax.eval import metrics
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +39,7 @@ def test_workdir_reconstructs_what_the_trainer_evaluated(trained):
 
     # The reconstructions.png grid, rebuilt from the loaded model, pixel for pixel.
     n = config.evals.num_recon_images
-    grid = trainer.image_grid([first["image"][:n], np.asarray(tokenizer.reconstruct(first["image"]))[:n]])
+    grid = images_lib.image_grid([first["image"][:n], np.asarray(tokenizer.reconstruct(first["image"]))[:n]])
     saved = np.asarray(Image.open(f"{workdir}/reconstructions.png"))
     assert grid.shape == saved.shape
     assert np.mean(grid == saved) > 0.999 and np.abs(grid.astype(int) - saved).max() <= 1  # rounding ties
@@ -45,7 +48,7 @@ def test_workdir_reconstructs_what_the_trainer_evaluated(trained):
 def test_the_weight_average_is_what_is_loaded(trained):
     _, workdir = trained
     tokenizer = pretrained.load(workdir)
-    _, saved = trainer.checkpoints.read_latest(workdir, "test")
+    _, saved = checkpoints.read_latest(workdir, "test")
     leaves = jax.tree.leaves(jax.tree.map(np.array_equal, saved["ema_params"], jax.device_get(tokenizer.params)))
     assert all(leaves)
     assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, saved["params"], saved["ema_params"])))

@@ -1,6 +1,6 @@
-"""Priors over code maps (vqjax.prior, vqjax.tokens): likelihoods against closed forms and
-enumeration, the training masks, the token cache and batches, and the entry point end to end
-on the shared VQGAN smoke workdir."""
+"""Priors over code maps (vqjax.families.prior, vqjax.eval.likelihood, vqjax.data.codes):
+likelihoods against closed forms and enumeration, the training masks, the token cache and
+batches, and the entry point end to end on the shared VQGAN smoke workdir."""
 
 import itertools
 import json
@@ -14,7 +14,13 @@ import pytest
 from PIL import Image
 
 from tests.helpers import load_config, random_frozen_weights
-from vqjax import parallel, pretrained, prior, tokens as tokens_lib, trainer
+from vqjax import pretrained, prior
+from vqjax.core import images as images_lib, parallel
+from vqjax.data import codes as tokens_lib
+from vqjax.eval import likelihood
+from vqjax.families import prior as prior_family
+from vqjax.sampling import prior as prior_sampling
+from vqjax.train import experiment
 from vqjax.convert import save_params
 from vqjax.nets import inception
 from vqjax.nets.transformer import Transformer
@@ -33,7 +39,7 @@ def init(model: Transformer, seed: int = 0):
 def eval_nll(model, params, tokens, labels, seed=0):
     batch = {"tokens": jnp.asarray(tokens), "label": jnp.asarray(labels),
              "mask": jnp.ones((len(tokens),), jnp.float32)}
-    return prior.make_eval_step(model)(params, batch, jax.random.key(seed))
+    return likelihood.make_eval_step(model)(params, batch, jax.random.key(seed))
 
 
 @pytest.mark.parametrize("causal", [True, False])
@@ -44,7 +50,7 @@ def test_bits_per_dim_of_a_uniform_prior_is_log2_k_per_code_dimension(causal):
     tokens = jax.random.randint(jax.random.key(1), (8, 16), 0, 37)
     sums = eval_nll(model, params, tokens, np.array([0, 1, 2] * 2 + [0, 1]))
     image_shape = (16, 16, 3)  # 4x4 codes of an f4 tokenizer
-    result = prior.likelihood_metrics(float(sums["nll_sum"]), float(sums["num_examples"]), 16, image_shape)
+    result = likelihood.likelihood_metrics(float(sums["nll_sum"]), float(sums["num_examples"]), 16, image_shape)
     assert result["bits_per_token"] == pytest.approx(math.log2(37), rel=1e-6)
     assert result["bits_per_dim"] == pytest.approx(16 * math.log2(37) / (16 * 16 * 3), rel=1e-6)
 
@@ -59,9 +65,9 @@ def test_gpt_likelihood_sums_to_one_over_all_sequences():
         batch = {"tokens": jnp.asarray(every), "label": jnp.full((len(every),), label),
                  "mask": jnp.ones((len(every),))}
         logits = model.apply({"params": params}, batch["tokens"], batch["label"])
-        nll = np.asarray(jnp.sum(prior.token_nll(logits, batch["tokens"]), axis=-1), np.float64)
+        nll = np.asarray(jnp.sum(likelihood.token_nll(logits, batch["tokens"]), axis=-1), np.float64)
         assert np.exp(-nll).sum() == pytest.approx(1.0, abs=1e-5)
-        sums = prior.make_eval_step(model)(params, batch, jax.random.key(0))
+        sums = likelihood.make_eval_step(model)(params, batch, jax.random.key(0))
         assert float(sums["nll_sum"]) == pytest.approx(nll.sum(), rel=1e-5)
 
 
@@ -80,18 +86,18 @@ def test_maskgit_bound_estimate_averages_to_the_enumerated_bound():
             masked = np.zeros((1, 3), bool)
             masked[0, list(subset)] = True
             logits = model.apply({"params": params}, jnp.where(masked, model.mask_token, x), label)
-            nll = float(jnp.sum(prior.token_nll(logits, x) * masked))
+            nll = float(jnp.sum(likelihood.token_nll(logits, x) * masked))
             expected += (1 / 3) * (1 / len(subsets)) * 3 / m * nll
     # Each row of a batch draws its own (m, subset): 2000 copies of x are 2000 draws.
     copies = 2000
     batch = {"tokens": jnp.tile(x, (copies, 1)), "label": jnp.tile(label, copies), "mask": jnp.ones((copies,))}
-    sums = prior.make_eval_step(model)(params, batch, jax.random.key(0))
+    sums = likelihood.make_eval_step(model)(params, batch, jax.random.key(0))
     assert float(sums["nll_sum"]) / copies == pytest.approx(expected, rel=0.03)
 
 
 def test_maskgit_training_mask_counts_follow_the_schedule():
     rng = jax.random.key(7)
-    masked = np.asarray(prior.maskgit_mask(rng, 512, 64, "cosine"))
+    masked = np.asarray(prior_family.maskgit_mask(rng, 512, 64, "cosine"))
     ratio_rng, _ = jax.random.split(rng)
     ratio = np.asarray(jax.random.uniform(ratio_rng, (512, 1)))[:, 0]
     expected = np.maximum(1, np.ceil(np.clip(np.cos(ratio * np.pi / 2), 1e-6, 1) * 64))
@@ -102,10 +108,10 @@ def test_maskgit_training_mask_counts_follow_the_schedule():
 
 def test_condition_dropout_rate():
     labels = jnp.zeros((20000,), jnp.int32)
-    dropped = np.asarray(prior.drop_labels(jax.random.key(0), labels, 0.1, 7))
+    dropped = np.asarray(prior_family.drop_labels(jax.random.key(0), labels, 0.1, 7))
     assert set(np.unique(dropped)) == {0, 7}
     assert (dropped == 7).mean() == pytest.approx(0.1, abs=0.01)
-    assert prior.drop_labels(jax.random.key(0), labels, 0.0, 7) is labels
+    assert prior_family.drop_labels(jax.random.key(0), labels, 0.0, 7) is labels
 
 
 def test_token_batches_are_epoch_permutations_and_resume_exactly():
@@ -147,7 +153,7 @@ def test_token_cache_holds_the_tokenizers_codes_and_refuses_other_settings(train
     side = 32 // tokenizer.downsampling_factor
     assert arrays["codes"].shape == (40, side, side) and arrays["codes"].dtype == np.uint16
 
-    from vqjax import data as data_lib
+    from vqjax.data import images as data_lib
 
     batch = next(data_lib.make_dataset(config.data, "test", 20, train=False))
     _, direct = tokenizer.encode(batch["image"])
@@ -176,7 +182,7 @@ def maskgit_run(trained_vqgan, tmp_path_factory):
     # FID / IS / KID of the samples, with random Inception weights made here.
     config.evals.inception_path = str(workdir / "inception.msgpack")
     save_params(random_frozen_weights(inception.abstract_variables()), config.evals.inception_path)
-    return config, workdir, prior.train_and_evaluate(config, str(workdir))
+    return config, workdir, experiment.train_and_evaluate(config, str(workdir))
 
 
 def test_maskgit_prior_end_to_end(maskgit_run, trained_vqgan):
@@ -203,11 +209,11 @@ def test_gpt_prior_resumes_and_reuses_its_token_cache(trained_vqgan, tmp_path):
     _, tokenizer_dir, _ = trained_vqgan
     config = prior_config("gpt", tokenizer_dir)
     config.train.num_steps = 2
-    prior.train_and_evaluate(config, str(tmp_path))
+    experiment.train_and_evaluate(config, str(tmp_path))
     cache = tokens_lib.cache_path(str(tmp_path), "train", True)
     modified = os.path.getmtime(cache)
     config.train.num_steps = 4
-    result = prior.train_and_evaluate(config, str(tmp_path))
+    result = experiment.train_and_evaluate(config, str(tmp_path))
     assert result["step"] == 4 and os.path.getmtime(cache) == modified
     assert not (tmp_path / "inpainting.png").exists() and (tmp_path / "samples.png").exists()
     assert result["likelihood"] == "exact"
@@ -218,28 +224,28 @@ def test_prior_errors_are_sentences(trained_vqgan, tmp_path):
     _, tokenizer_dir, _ = trained_vqgan
     config = prior_config("gpt", "")
     with pytest.raises(ValueError, match="config.tokenizer_dir is empty"):
-        prior.train_and_evaluate(config, str(tmp_path / "a"))
+        experiment.train_and_evaluate(config, str(tmp_path / "a"))
     config = prior_config("gpt", tokenizer_dir)
     config.model.num_classes = 3  # the embedded photographs have 8 labels
     with pytest.raises(ValueError, match="num_classes is 3; set it to at least"):
-        prior.train_and_evaluate(config, str(tmp_path / "b"))
+        experiment.train_and_evaluate(config, str(tmp_path / "b"))
     config = prior_config("gpt", tokenizer_dir)
     config.model.name = "pixelcnn"
     with pytest.raises(ValueError, match="a prior is one of"):
-        prior.train_and_evaluate(config, str(tmp_path / "c"))
+        experiment.train_and_evaluate(config, str(tmp_path / "c"))
 
 
 def test_loaded_prior_samples_what_the_run_sampled(maskgit_run, trained_vqgan):
     config, workdir, _ = maskgit_run
     loaded = prior.load(str(workdir))
     rng = jax.random.key(int(config.sampling.seed))
-    labels = prior.sample_labels(loaded.model, config.sampling.num_samples)
+    labels = prior_sampling.sample_labels(loaded.model, config.sampling.num_samples)
     codes = loaded.sample_codes(rng, labels)
     side = 32 // loaded.tokenizer.downsampling_factor
     assert codes.shape == (8, side, side)
     # samples.png is those codes decoded: same rng, same labels, same settings.
     images = np.asarray(loaded.sample(rng, labels))
-    np.testing.assert_array_equal(np.asarray(Image.open(workdir / "samples.png")), trainer.image_grid([images]))
+    np.testing.assert_array_equal(np.asarray(Image.open(workdir / "samples.png")), images_lib.image_grid([images]))
     with pytest.raises(ValueError, match="Labels must be"):
         loaded.sample_codes(rng, [0, 99])
     with pytest.raises(ValueError, match="holds a tokenizer, not a prior"):
@@ -247,7 +253,7 @@ def test_loaded_prior_samples_what_the_run_sampled(maskgit_run, trained_vqgan):
 
 
 def test_evaluate_entry_point_on_a_prior_gives_the_runs_likelihood(maskgit_run, tmp_path):
-    from vqjax import evaluation
+    from vqjax.eval import evaluate_model as evaluation
 
     config, workdir, trained = maskgit_run
     eval_config = load_config("evaluate", "smoke")  # eval batches of 8, two of them: as the run

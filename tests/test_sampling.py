@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from vqjax import sampling
+from vqjax.sampling.decode import NEG_INF
 from tests.helpers import random_transformer_params
 from vqjax.nets.transformer import Transformer
 
@@ -207,7 +208,7 @@ def test_top_p_one_keeps_all_and_tiny_p_keeps_the_top():
 def test_top_p_one_keeps_all_even_very_improbable_entries():
     logits = jnp.array([[5.0, 0.0, -20.0]])  # probs ~ [0.993, 0.0067, 2e-11]
     assert np.all(np.asarray(sampling.top_p_mask(logits, 1.0)))
-    kept = np.asarray(sampling.filter_logits(logits)) > sampling.NEG_INF / 2
+    kept = np.asarray(sampling.filter_logits(logits)) > NEG_INF / 2
     assert np.all(kept)
 
 
@@ -229,16 +230,16 @@ def test_filter_logits_matches_numpy(temperature, k, p):
     got = np.asarray(sampling.filter_logits(jnp.asarray(logits), temperature, k, p))
     assert got.dtype == np.float32
     expected_keep = _np_filter(logits, temperature, k, p)
-    np.testing.assert_array_equal(got > sampling.NEG_INF / 2, expected_keep)
+    np.testing.assert_array_equal(got > NEG_INF / 2, expected_keep)
     np.testing.assert_allclose(got[expected_keep], scaled[expected_keep], rtol=1e-6)
-    np.testing.assert_array_equal(got[~expected_keep], np.float32(sampling.NEG_INF))
+    np.testing.assert_array_equal(got[~expected_keep], np.float32(NEG_INF))
 
 
 def test_filter_logits_applies_top_k_before_top_p():
     """probs [0.4, 0.3, 0.2, 0.1]: top-p 0.5 alone keeps two; after top-k 2 the remainder is
     [4/7, 3/7] and top-p 0.5 keeps one."""
     logits = jnp.log(jnp.array([[0.4, 0.3, 0.2, 0.1]]))
-    kept = lambda filtered: np.asarray(filtered) > sampling.NEG_INF / 2
+    kept = lambda filtered: np.asarray(filtered) > NEG_INF / 2
     np.testing.assert_array_equal(kept(sampling.filter_logits(logits, top_p=0.5)), [[1, 1, 0, 0]])
     np.testing.assert_array_equal(kept(sampling.filter_logits(logits, top_k=2, top_p=0.5)), [[1, 0, 0, 0]])
     np.testing.assert_array_equal(kept(sampling.filter_logits(logits, top_k=3, top_p=0.6)), [[1, 1, 0, 0]])
@@ -247,7 +248,7 @@ def test_filter_logits_applies_top_k_before_top_p():
 def test_filter_logits_temperature_changes_the_nucleus():
     # probs [0.5, 0.3, 0.2]; at temperature 0.5 they become [25, 9, 4] / 38.
     logits = jnp.log(jnp.array([[0.5, 0.3, 0.2]]))
-    kept = lambda t: np.asarray(sampling.filter_logits(logits, t, 0, 0.6)) > sampling.NEG_INF / 2
+    kept = lambda t: np.asarray(sampling.filter_logits(logits, t, 0, 0.6)) > NEG_INF / 2
     np.testing.assert_array_equal(kept(1.0), [[True, True, False]])   # 0.5 < 0.6 <= 0.8
     np.testing.assert_array_equal(kept(0.5), [[True, False, False]])  # 25/38 >= 0.6
     np.testing.assert_allclose(sampling.filter_logits(logits, 0.25), np.log([[0.5, 0.3, 0.2]]) * 4, rtol=1e-6)

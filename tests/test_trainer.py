@@ -15,7 +15,12 @@ import orbax.checkpoint as ocp
 import pytest
 
 from tests.helpers import REPO_ROOT, load_config, subprocess_env
-from vqjax import checkpoints, data as data_lib, parallel, state as state_lib, steps, trainer
+from vqjax import families
+from vqjax.core import checkpoints, parallel
+from vqjax.data import images as data_lib
+from vqjax.families import tokenizer as tokenizer_lib
+from vqjax.families.vqvae import VQVAEFamily
+from vqjax.train import experiment, loop as loop_lib
 
 
 def _smoke(**quantizer):
@@ -31,14 +36,13 @@ def _batches(config, n):
 
 def _run_steps(config, batches, devices, max_traces=None):
     mesh = parallel.make_mesh(devices)
-    model = steps.build_model(config.model)
-    tx = state_lib.make_optimizer(config.optim, config.train.num_steps)
-    step_fn = steps.make_train_step(config, model, tx)
+    family = VQVAEFamily(config, mesh=mesh)
+    step_fn = family.train_step
     if max_traces is not None:
         step_fn = chex.assert_max_traces(step_fn, n=max_traces)
     train_step = jax.jit(step_fn, donate_argnums=0, out_shardings=(parallel.replicated(mesh),) * 2)
     first = parallel.to_global(batches[0], mesh)
-    state = jax.jit(lambda r, x: steps.init_state(config, model, tx, r, x),
+    state = jax.jit(lambda r, x: family.create(r, {"image": x}),
                     out_shardings=parallel.replicated(mesh))(jax.random.key(0), first["image"])
     history = []
     for batch in batches:
@@ -62,22 +66,24 @@ def test_one_device_and_four_devices_give_the_same_state(kind):
     batches = _batches(config, 4)
     one, _ = _run_steps(config, batches, jax.devices()[:1])
     four, _ = _run_steps(config, batches, jax.devices())
-    chex.assert_trees_all_close(one.codebook, four.codebook, rtol=1e-4, atol=1e-5)
+    chex.assert_trees_all_close(one.extra, four.extra, rtol=1e-4, atol=1e-5)
     chex.assert_trees_all_close(one.params, four.params, rtol=1e-4, atol=1e-5)
-    assert int(one.step) == 4 and int(np.max(one.codebook.last_used)) == 4
-    assert int(one.codebook.num_updates) == (4 if kind == "ema" else 0)  # EMA updates only
+    assert int(one.step) == 4 and int(np.max(one.extra["quantizer"].last_used)) == 4
+    # EMA updates only: a learned codebook's state (usage only) has no EMA statistics.
+    assert int(getattr(one.extra["quantizer"], "num_updates", 0)) == (4 if kind == "ema" else 0)
 
 
 def test_learned_codebook_is_trained_by_its_loss():
     config = _smoke(kind="vq", dead_code_threshold=0.0)
     batches = _batches(config, 3)
     state, history = _run_steps(config, batches, jax.devices())
-    model = steps.build_model(config.model)
-    tx = state_lib.make_optimizer(config.optim, 1)
-    initial = steps.init_state(config, model, tx, jax.random.key(0), jnp.asarray(batches[0]["image"]))
+    config.train.num_steps = 1
+    family = VQVAEFamily(config, mesh=parallel.make_mesh())
+    initial = family.create(jax.random.key(0), {"image": jnp.asarray(batches[0]["image"])})
     assert history[0]["codebook_loss"] > 0
-    assert not np.allclose(state.codebook.embedding, initial.codebook.embedding)
-    assert set(state.opt_state[0].mu) == {"net", "codebook"}
+    assert not np.allclose(state.params["quantizer"]["codebook"], initial.params["quantizer"]["codebook"])
+    assert set(state.opt_state[0].mu) == {"net", "quantizer"}
+    assert set(state.opt_state[0].mu["quantizer"]) == {"codebook"}
 
 
 def _restore(workdir):
@@ -97,53 +103,57 @@ def test_non_finite_loss_stops_without_saving_a_bad_checkpoint(tmp_path, monkeyp
             yield batch
 
     monkeypatch.setattr(data_lib, "make_dataset", poisoned)
-    with pytest.raises(trainer.NonFiniteLossError, match="learning_rate"):
-        trainer.train_and_evaluate(config, str(tmp_path))
+    with pytest.raises(loop_lib.NonFiniteLossError, match="learning_rate"):
+        experiment.train_and_evaluate(config, str(tmp_path))
     assert not os.listdir(tmp_path / "checkpoints")
 
 
 def test_checkpoint_that_does_not_match_the_config(tmp_path):
     config = _smoke()
     config.train.num_steps = 2
-    trainer.train_and_evaluate(config, str(tmp_path))
+    experiment.train_and_evaluate(config, str(tmp_path))
     config.model.hidden_channels = 24
     config.train.num_steps = 4
     with pytest.raises(ValueError, match="does not match this config"):
-        trainer.train_and_evaluate(config, str(tmp_path))
+        experiment.train_and_evaluate(config, str(tmp_path))
 
 
 def test_init_from_another_run(tmp_path):
     config = _smoke()
     config.train.num_steps = 2
-    trainer.train_and_evaluate(config, str(tmp_path / "source"))
+    experiment.train_and_evaluate(config, str(tmp_path / "source"))
     _, saved = _restore(str(tmp_path / "source"))
 
     config.optim.name = "adamw"  # another optimizer: only params and codebook are taken
     config.init_from = str(tmp_path / "source")
-    model = steps.build_model(config.model)
-    tx = state_lib.make_optimizer(config.optim, 2)
-    abstract = jax.eval_shape(lambda: steps.init_state(
-        config, model, tx, jax.random.key(0), jnp.zeros((8, 32, 32, 3))))
-    abstract = checkpoints.abstract_like(abstract, parallel.replicated(parallel.make_mesh()))
-    loaded = checkpoints.load_params_from(config.init_from, abstract)
-    assert set(loaded) == {"params", "codebook"}
-    chex.assert_trees_all_equal(loaded["params"], saved["params"])
-    np.testing.assert_array_equal(loaded["codebook"].embedding, saved["codebook"]["embedding"])
-    assert trainer.train_and_evaluate(config, str(tmp_path / "target"))["step"] == 2
+    mesh = parallel.make_mesh()
+    replicated = parallel.replicated(mesh)
+    family = families.build(config, mesh=mesh, workdir=str(tmp_path / "probe"))
+    create = jax.jit(family.create, out_shardings=replicated)
+    example = {"image": jnp.zeros((8, 32, 32, 3))}
+    abstract = jax.eval_shape(create, jax.random.key(0), example)
+    abstract = checkpoints.abstract_like(abstract, replicated)
+    fresh = create(jax.random.key(0), example)
+    loaded_state, loaded = experiment.load_init_from(config.init_from, family, abstract, fresh, 0.0)
+    assert set(loaded) == {"params", "quantizer"}
+    chex.assert_trees_all_equal(jax.device_get(loaded_state.params), saved["params"])
+    np.testing.assert_array_equal(loaded_state.extra["quantizer"].embedding,
+                                  saved["extra"]["quantizer"]["embedding"])
+    assert experiment.train_and_evaluate(config, str(tmp_path / "target"))["step"] == 2
 
     config.model.embed_dim = 4
     with pytest.raises(ValueError, match="does not fit this config"):
-        trainer.train_and_evaluate(config, str(tmp_path / "mismatch"))
+        experiment.train_and_evaluate(config, str(tmp_path / "mismatch"))
 
 
 def test_bad_config_values_are_sentences(tmp_path):
     config = _smoke(kind="fsq-typo")
     with pytest.raises(ValueError, match="config.quantizer.kind"):
-        trainer.train_and_evaluate(config, str(tmp_path))
+        experiment.train_and_evaluate(config, str(tmp_path))
     config = _smoke()
     config.data.batch_size = 6
     with pytest.raises(ValueError, match="devices"):
-        trainer.train_and_evaluate(config, str(tmp_path))
+        experiment.train_and_evaluate(config, str(tmp_path))
 
 
 def _entry_point(workdir, *overrides, family="vqvae", **popen):
@@ -204,13 +214,14 @@ def test_vqgan_resumed_run_matches_an_uninterrupted_one(trained_vqgan, tmp_path)
     assert os.path.exists(os.path.join(straight_dir, "reconstructions.png"))
     config = config.copy_and_resolve_references()
     config.train.num_steps = 2
-    trainer.train_and_evaluate(config, str(tmp_path / "resumed"))
+    experiment.train_and_evaluate(config, str(tmp_path / "resumed"))
     config.train.num_steps = 4
-    resumed = trainer.train_and_evaluate(config, str(tmp_path / "resumed"))
+    resumed = experiment.train_and_evaluate(config, str(tmp_path / "resumed"))
     assert resumed["step"] == straight["step"] == 4
     _, a = _restore(straight_dir)
     _, b = _restore(str(tmp_path / "resumed"))
-    assert set(a) >= {"disc_params", "disc_opt_state", "disc_batch_stats", "lecam_ema", "ema_params"}
+    assert set(a["extra"]) >= {"disc_params", "disc_opt_state", "disc_batch_stats", "lecam_ema"}
+    assert "ema_params" in a
     chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -227,19 +238,19 @@ def test_weight_average_is_what_evaluation_uses():
     config = _smoke()
     config.optim.params_ema_decay = 0.5
     batches = _batches(config, 2)
-    model = steps.build_model(config.model)
-    tx = state_lib.make_optimizer(config.optim, 2)
-    state = steps.init_state(config, model, tx, jax.random.key(0), jnp.asarray(batches[0]["image"]))
+    config.train.num_steps = 2
+    family = VQVAEFamily(config, mesh=parallel.make_mesh())
+    state = family.create(jax.random.key(0), {"image": jnp.asarray(batches[0]["image"])})
     history = [state.params]
-    step_fn = jax.jit(steps.make_train_step(config, model, tx))
+    step_fn = jax.jit(family.train_step)
     for batch in batches:
         state, _ = step_fn(state, jax.tree.map(jnp.asarray, batch))
         history.append(state.params)
     expected = jax.tree.map(lambda p0, p1, p2: 0.25 * p0 + 0.25 * p1 + 0.5 * p2, *history)
     chex.assert_trees_all_close(state.ema_params, expected, rtol=1e-5, atol=1e-7)
     assert state.eval_params is state.ema_params
-    reconstruct = steps.make_reconstruct(model)
+    reconstruct = tokenizer_lib.make_reconstruct(family.model, family.quantizer)
     images = jnp.asarray(batches[0]["image"])
-    averaged, _ = reconstruct(steps.eval_weights(state), images)
-    current, _ = reconstruct(steps.eval_weights(state.replace(ema_params=None)), images)
+    averaged, _ = reconstruct(tokenizer_lib.eval_weights(state), images)
+    current, _ = reconstruct(tokenizer_lib.eval_weights(state.replace(ema_params=None)), images)
     assert not np.allclose(averaged, current)

@@ -318,12 +318,12 @@ def convert_checkpoint(ckpt: str, config_path: str, out: str, *, with_loss: bool
     checkpoints.save_tree(out, 0, jax.tree.map(np.asarray, tree))
     # The config goes last: a directory with config.json is complete.
     checkpoints.write_config(out, config)
+    count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree["params"]["net"]))
+    imported = ["autoencoder", "quantizer"] + [k for k in ("disc_params", "disc_batch_stats") if k in tree["extra"]]
     with open(os.path.join(out, "conversion.json"), "w") as f:
         json.dump({"ckpt": os.path.abspath(ckpt), "config": os.path.abspath(config_path),
                    "imported": imported + (["lpips"] if perceptual is not None else []),
                    "notes": notes}, f, indent=2)
-    count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree["params"]["net"]))
-    imported = ["autoencoder", "quantizer"] + [k for k in ("disc_params", "disc_batch_stats") if k in tree["extra"]]
     lines = [f"Wrote {out}: {count:,} autoencoder parameters, {config.quantizer.num_codes} codes "
              f"({config.quantizer.kind}), imported {', '.join(imported)}"
              + (" and LPIPS" if perceptual is not None else "") + "."]

@@ -9,10 +9,11 @@ nothing else of it: a new family is one module and one entry in `vqjax.families.
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, ClassVar, Iterator
+from typing import ClassVar, Iterator
 
 import numpy as np
 
+from vqjax.core import optim
 from vqjax.train.state import TrainState
 
 
@@ -74,18 +75,9 @@ class Family(abc.ABC):
 
     def describe(self, state: TrainState, num_devices: int) -> str:
         """The run's first line: what is trained, how big, on how many devices."""
-        return f"{self.name}: {count_params(state.params):,} parameters, {num_devices} devices"
+        return f"{self.name}: {optim.count_params(state.params):,} parameters, {num_devices} devices"
 
     def load_for_init(self, saved: dict) -> dict:
         """A saved tree read for `config.init_from`, in this family's current layout (older
         layouts upgraded)."""
         return saved
-
-
-def count_params(params: Any) -> int:
-    import jax
-
-    return sum(int(x.size) for x in jax.tree.leaves(params))
-
-
-Builder = Callable[..., Family]

@@ -48,8 +48,6 @@ class Quantizer(abc.ABC):
     num_codes: int
     dim: int  # the vector dimension D it quantizes
     index_dtype = jnp.int32
-    # Whether `update` needs the step's encoder outputs (restarts, EMA sums): the family keeps
-    # them out of its gradient computation for that only.
     trainable: bool = True  # False: it can encode and decode but not be trained
 
     @abc.abstractmethod
