@@ -67,6 +67,10 @@ def test_preempted_and_resumed_run_equals_an_uninterrupted_one(family, trained_v
     if family == "vqgan":
         config.optim.params_ema_decay = 0.5  # as the shared uninterrupted run (tests/conftest.py)
         straight_dir = tokenizer_dir
+        for key in ("recon_mse", "recon_psnr", "codebook_usage", "perplexity", "images_per_sec", "g_loss",
+                    "d_loss"):
+            assert key in tokenizer_metrics, key
+        assert tokenizer_metrics["d_loss"] > 0  # the discriminator (disc_start=1 in smoke) trained
     else:
         straight_dir = str(tmp_path / "straight")
         experiment.train_and_evaluate(config, straight_dir)
@@ -84,6 +88,9 @@ def test_preempted_and_resumed_run_equals_an_uninterrupted_one(family, trained_v
 
     (step_a, a), (step_b, b) = _latest(straight_dir), _latest(resumed_dir)
     assert step_a == step_b == 4
+    if family == "vqgan":
+        assert set(a["extra"]) >= {"quantizer", "disc_params", "disc_opt_state", "disc_batch_stats", "lecam_ema"}
+        assert a["ema_params"] is not None
     chex.assert_trees_all_equal(a, b)
     assert _metrics(straight_dir) == _metrics(resumed_dir)
     rate = "code_maps_per_sec" if family == "prior" else "images_per_sec"

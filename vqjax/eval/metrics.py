@@ -5,7 +5,6 @@ Images (jit-able JAX, NHWC batches, per-image results `[B]`, computed in float32
   `ssim`          mean structural similarity of Wang et al. (2004), equal to scikit-image's
                   `structural_similarity(..., gaussian_weights=True, sigma=1.5,
                   use_sample_covariance=False, channel_axis=-1)` per image.
-  `to_uint8_scale` [-1, 1] -> [0, 255], what an image file holds.
 
 Feature statistics (numpy float64 on the host, outside jit; the features come from a network
 such as `vqjax.nets.inception`):
@@ -40,11 +39,6 @@ _SSIM_SIGMA = 1.5
 _SSIM_TRUNCATE = 3.5
 _SSIM_RADIUS = int(_SSIM_TRUNCATE * _SSIM_SIGMA + 0.5)  # scipy.ndimage's radius: 5
 SSIM_WINDOW = 2 * _SSIM_RADIUS + 1  # 11 taps
-
-
-def to_uint8_scale(images: jax.Array) -> jax.Array:
-    """[-1, 1] -> [0, 255] floats, clipped: what an image file would hold (before rounding)."""
-    return (jnp.clip(images.astype(jnp.float32), -1.0, 1.0) + 1.0) * 127.5
 
 
 # ----------------------------------------------------------------------------------------

@@ -51,8 +51,8 @@ class GroupNorm(nn.Module):
     Rematerialised: the backward pass recomputes the normalised values (and swish) from the
     input, which is kept anyway, instead of storing them and reading them back: passes over
     whole feature maps, bound by memory bandwidth, are most of a norm's cost. With the
-    two-stage statistics of `group_norm`, forward + backward run 1.6-2.6x faster than flax's
-    GroupNorm and swish on XLA:CPU at the VQGAN feature-map sizes (`bench/group_norm.py`),
+    two-stage statistics of `group_norm`, forward + backward run faster than flax's GroupNorm
+    and swish on XLA:CPU at the VQGAN feature-map sizes (`bench/group_norm.py` measures it),
     and fewer activations are kept for the backward pass on any device.
     """
 

@@ -51,7 +51,7 @@ def _nearest_in_block(vectors: jax.Array, codes: jax.Array, code_norms: jax.Arra
     |z|^2 is the same for every code, so it is left out: the argmin is unchanged and the
     large common term does not swamp the differences between codes. Distances are laid out
     [codes, vectors] and both reductions run over the major axis, which XLA:CPU vectorises
-    (an `argmin` over the minor axis, a variadic reduction, runs ~10x slower there).
+    (an `argmin` over the minor axis, a variadic reduction, runs far slower there).
     """
     dist = code_norms[:, None] - 2.0 * jnp.einsum("kd,nd->kn", codes, vectors, precision=_HIGHEST)
     best = jnp.min(dist, axis=0)
