@@ -105,7 +105,8 @@ class TokenizerFamily(Family):
                                                               int(config.data.batch_size))}
         self.compiler_options = parallel.step_compiler_options(config.train.get("cpu_convolutions", "ynnpack"))
         lpips_path = config.evals.get("lpips_path", "") or config.get("loss", {}).get("lpips_path", "")
-        self.evaluators = recon_eval.load_evaluators(lpips_path, config.evals.get("inception_path", ""))
+        self.evaluators = recon_eval.load_evaluators(lpips_path, config.evals.get("inception_path", "")).place(
+            parallel.replicated(mesh))
         self._compiled = {}
 
     # --- Training.
@@ -147,7 +148,6 @@ class TokenizerFamily(Family):
         image_shape = (self.data_cfg.eval_batch_size, self.data_cfg.image_size, self.data_cfg.image_size,
                        self.data_cfg.channels)
         code_bits = recon_eval.code_bits_per_pixel(reconstruct, weights, image_shape, self.quantizer.num_codes)
-        self.evaluators = self.evaluators.place(parallel.replicated(self.mesh))
         return recon_eval.evaluate(eval_step, weights, self.eval_batches(), self.mesh,
                                    num_codes=self.quantizer.num_codes, code_bits=code_bits,
                                    evaluators=self.evaluators, num_batches=self.evals_cfg.num_eval_batches)
