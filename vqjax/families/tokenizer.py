@@ -108,6 +108,7 @@ class TokenizerFamily(Family):
         self.evaluators = recon_eval.load_evaluators(lpips_path, config.evals.get("inception_path", "")).place(
             parallel.replicated(mesh))
         self._compiled = {}
+        self._code_bits = None
 
     # --- Training.
 
@@ -145,11 +146,13 @@ class TokenizerFamily(Family):
         # Replicated outputs: every process holds all sums and features.
         eval_step = self._jit("eval", recon_eval.make_eval_step(reconstruct, self.quantizer.num_codes))
         weights = eval_weights(state)
-        image_shape = (self.data_cfg.eval_batch_size, self.data_cfg.image_size, self.data_cfg.image_size,
-                       self.data_cfg.channels)
-        code_bits = recon_eval.code_bits_per_pixel(reconstruct, weights, image_shape, self.quantizer.num_codes)
+        if self._code_bits is None:  # a property of the shapes: traced once, nothing computed
+            image_shape = (self.data_cfg.eval_batch_size, self.data_cfg.image_size, self.data_cfg.image_size,
+                           self.data_cfg.channels)
+            self._code_bits = recon_eval.code_bits_per_pixel(reconstruct, weights, image_shape,
+                                                             self.quantizer.num_codes)
         return recon_eval.evaluate(eval_step, weights, self.eval_batches(), self.mesh,
-                                   num_codes=self.quantizer.num_codes, code_bits=code_bits,
+                                   num_codes=self.quantizer.num_codes, code_bits=self._code_bits,
                                    evaluators=self.evaluators, num_batches=self.evals_cfg.num_eval_batches)
 
     def reconstruction_rows(self, state: TrainState) -> list[np.ndarray]:

@@ -65,7 +65,7 @@ def load_init_from(path: str, family: Family, abstract_state: TrainState, fresh_
     if problem:
         raise ValueError(f"The checkpoint at step {step} in {path} (config.init_from) does not fit this config "
                          f"({problem}); use the model and quantizer settings it was trained with.")
-    loaded = {"params": checkpoints.restructure(saved["params"], abstract_state.params)}
+    loaded = ["params"]
     extra = dict(fresh_state.extra)
     saved_extra = saved.get("extra", {})
     for key, required in family.init_from_extra.items():
@@ -74,12 +74,12 @@ def load_init_from(path: str, family: Family, abstract_state: TrainState, fresh_
                    else checkpoints.first_mismatch(saved_extra[key], target))
         if problem is None:
             extra[key] = checkpoints.restructure(saved_extra[key], target)
-            loaded[key] = None
+            loaded.append(key)
         elif required:
             raise ValueError(f"The checkpoint at step {step} in {path} (config.init_from) does not fit this "
                              f"config ({problem}); use the quantizer settings it was trained with.")
     shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
-    params = jax.device_put(loaded["params"], shardings.params)
+    params = jax.device_put(checkpoints.restructure(saved["params"], abstract_state.params), shardings.params)
     state = fresh_state.replace(
         params=params, extra=jax.device_put(extra, shardings.extra),
         # The weight average, if any, restarts from the loaded weights too.

@@ -110,8 +110,10 @@ RATE_LABELS = {"images": "img", "code maps": "maps"}  # progress bar: img/s, map
 
 
 @jax.jit
-def _accumulate(sums: dict, metrics: dict) -> dict:
-    return jax.tree.map(lambda s, m: s + m.astype(jnp.float32), sums, metrics)
+def _accumulate(sums: Optional[dict], metrics: dict) -> dict:
+    """Running float32 sums of the metrics (one dispatch per step); None starts them."""
+    metrics = jax.tree.map(lambda m: m.astype(jnp.float32), metrics)
+    return metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
 
 
 @dataclasses.dataclass
@@ -165,8 +167,7 @@ def run_loop(state, train_step: Callable, batches: Iterator, settings: LoopSetti
     try:
         for step in range(start_step + 1, num_steps + 1):
             state, metrics = train_step(state, next(batches))
-            sums = (jax.tree.map(lambda m: m.astype(jnp.float32), metrics) if sums is None
-                    else _accumulate(sums, metrics))
+            sums = _accumulate(sums, metrics)
             summed_steps += 1
             if timing["start"] is None:  # the first step compiles: throughput starts after it
                 jax.block_until_ready(metrics)
