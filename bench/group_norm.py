@@ -18,7 +18,7 @@ from absl import app, flags
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from common import median_seconds  # pylint: disable=wrong-import-position
-from vqjax import parallel  # pylint: disable=wrong-import-position
+from vqjax.core import parallel  # pylint: disable=wrong-import-position
 from vqjax.nets import blocks  # pylint: disable=wrong-import-position
 
 _REPEATS = flags.DEFINE_integer("repeats", 15, "Timed calls per implementation and size.")

@@ -26,14 +26,18 @@ import jax
 # GroupNorm and swish are one kind: vqjax computes them as one layer (blocks.GroupNorm).
 KINDS = ("convolution, forward", "convolution, backward", "layout copies", "GroupNorm + swish",
          "matmul", "other")
+# The network an operation belongs to, from the flax module names in its metadata.
+PARTS = ("autoencoder", "LPIPS", "discriminator", "other (quantizer, losses, optimizers)")
+_PART_PATTERNS = (("LPIPS", r"\bLPIPS\b"), ("discriminator", r"NLayerDiscriminator"),
+                  ("autoencoder", r"VQAutoencoder|VQVAE\b"))
 
 # One HLO instruction: `%name = <shape> opcode(operands), ..., calls=%computation, metadata=...`.
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = .*? ([a-z][a-z0-9\-]*)\(.*$", re.M)
 _COMPUTATION = re.compile(r"^%([\w.\-]+) .*?\{\n(.*?)\n\}", re.M | re.S)
 
 
-def _hlo_kinds(hlo_text: str) -> dict[str, str]:
-    """Instruction name -> kind, for every instruction of a compiled module."""
+def _hlo_kinds(hlo_text: str) -> dict[str, tuple[str, str]]:
+    """Instruction name -> (kind, part), for every instruction of a compiled module."""
     bodies = {m.group(1): m.group(2) for m in _COMPUTATION.finditer(hlo_text)}
     kinds = {}
     for m in _INSTRUCTION.finditer(hlo_text):
@@ -42,8 +46,12 @@ def _hlo_kinds(hlo_text: str) -> dict[str, str]:
         body = bodies.get(called.group(1), "") if called else ""
         op_name = re.search(r'op_name="([^"]*)"', line)
         op_name = op_name.group(1) if op_name else ""
-        kinds[m.group(1)] = _kind(opcode, body, op_name)
+        kinds[m.group(1)] = (_kind(opcode, body, op_name), _part(op_name))
     return kinds
+
+
+def _part(op_name: str) -> str:
+    return next((part for part, pattern in _PART_PATTERNS if re.search(pattern, op_name)), PARTS[-1])
 
 
 def _kind(opcode: str, body: str, op_name: str) -> str:
@@ -62,9 +70,10 @@ def _kind(opcode: str, body: str, op_name: str) -> str:
     return "other"
 
 
-def xla_profile(compiled, step: Callable[[Any], Any], state: Any, num_steps: int) -> dict[str, float]:
-    """Milliseconds per step of each kind, `num_steps` calls of `state = step(state)` traced.
-    `step` may donate its argument: `state` is not usable afterwards."""
+def xla_profile(compiled, step: Callable[[Any], Any], state: Any, num_steps: int) -> dict[str, dict[str, float]]:
+    """Milliseconds per step `{"by_kind": {kind: ms}, "by_part": {part: ms}}`, `num_steps` calls
+    of `state = step(state)` traced. `step` may donate its argument: `state` is not usable
+    afterwards."""
     kinds = _hlo_kinds(compiled.as_text())
     with tempfile.TemporaryDirectory() as logdir:
         with jax.profiler.trace(logdir, create_perfetto_trace=True):
@@ -74,11 +83,14 @@ def xla_profile(compiled, step: Callable[[Any], Any], state: Any, num_steps: int
         with gzip.open(path) as f:
             events = json.load(f)
     events = events["traceEvents"] if isinstance(events, dict) else events
-    totals = collections.Counter({kind: 0.0 for kind in KINDS})
+    by_kind = collections.Counter({kind: 0.0 for kind in KINDS})
+    by_part = collections.Counter({part: 0.0 for part in PARTS})
     for event in events:
         if event.get("ph") == "X" and event.get("name") in kinds:
-            totals[kinds[event["name"]]] += event["dur"] / 1e3 / num_steps
-    return dict(totals)
+            kind, part = kinds[event["name"]]
+            by_kind[kind] += event["dur"] / 1e3 / num_steps
+            by_part[part] += event["dur"] / 1e3 / num_steps
+    return {"by_kind": dict(by_kind), "by_part": dict(by_part)}
 
 
 def _torch_kind(name: str) -> str:
@@ -94,8 +106,9 @@ def _torch_kind(name: str) -> str:
     return "other"
 
 
-def torch_profile(step: Callable[[Any], Any], num_steps: int) -> dict[str, float]:
-    """Milliseconds per step of each kind: the self time of every ATen operator."""
+def torch_profile(step: Callable[[Any], Any], num_steps: int) -> dict[str, dict[str, float]]:
+    """Milliseconds per step of each kind, `{"by_kind": {kind: ms}}`: the self time of every
+    ATen operator."""
     import torch  # pylint: disable=import-outside-toplevel
 
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -104,17 +117,18 @@ def torch_profile(step: Callable[[Any], Any], num_steps: int) -> dict[str, float
     totals = collections.Counter({kind: 0.0 for kind in KINDS})
     for event in prof.key_averages():
         totals[_torch_kind(event.key)] += event.self_cpu_time_total / 1e3 / num_steps
-    return dict(totals)
+    return {"by_kind": dict(totals)}
 
 
-def print_table(columns: dict[str, dict[str, float]]) -> None:
-    """One row per kind, one column per implementation, ms per step and share of the total."""
+def print_table(columns: dict[str, dict[str, float]], rows: tuple[str, ...] = KINDS) -> None:
+    """One row per kind (or part), one column per implementation, ms per step and share of
+    the total."""
     names = list(columns)
-    print(f"  {'ms per step':24s}" + "".join(f"{name:>20s}" for name in names))
-    for kind in KINDS + ("total",):
+    print(f"  {'ms per step':38s}" + "".join(f"{name:>20s}" for name in names))
+    for kind in rows + ("total",):
         cells = []
         for name in names:
             total = sum(columns[name].values())
             value = total if kind == "total" else columns[name].get(kind, 0.0)
             cells.append(f"{value:12.0f} ({value / total:4.0%})" if total else f"{'-':>20s}")
-        print(f"  {kind:24s}" + "".join(f"{cell:>20s}" for cell in cells))
+        print(f"  {kind:38s}" + "".join(f"{cell:>20s}" for cell in cells))

@@ -40,6 +40,7 @@ import json
 import os
 import sys
 import time
+import types
 from typing import Any, Callable
 
 # PyTorch first, when installed: imported after TensorFlow, torch._dynamo (which every torch
@@ -137,6 +138,7 @@ def bench_vqjax(config, label: str) -> dict:
         "peak_mem_mb": xla_memory_mb(compiled),
         "device_peak_mem_mb": device_peak_mb(),
         "params": optim.count_params(state.params["net"]),
+        "disc_params": optim.count_params(state.extra["disc_params"]) if "disc_params" in state.extra else None,
         "step_tflop": flops / 1e12,
         "tflops_per_sec": flops / 1e12 / seconds,
         "mfu": flops / 1e12 / seconds / _PEAK_TFLOPS.value if _PEAK_TFLOPS.value else None,
@@ -165,8 +167,9 @@ def peer_loss_config(config):
     return matched
 
 
-def bench_taming(config) -> dict:
-    """taming's Encoder/Decoder/VectorQuantizer2 + quant convs, L1 + VQ loss, Adam."""
+def taming_modules(config):
+    """taming's Encoder/Decoder/VectorQuantizer2 and 1x1 quant convolutions of the config's
+    architecture, as its `VQModel` holds them."""
     if torch is None:
         raise ImportError("--peer=taming needs PyTorch and taming-transformers: "
                           "pip install -e '.[interop]'.")
@@ -182,7 +185,7 @@ def bench_taming(config) -> dict:
                     in_channels=m.in_channels, out_ch=m.out_ch, ch=m.ch, ch_mult=list(m.ch_mult),
                     num_res_blocks=m.num_res_blocks, attn_resolutions=list(m.attn_resolutions),
                     dropout=m.dropout)
-    modules = torch.nn.ModuleDict({
+    return torch.nn.ModuleDict({
         "encoder": taming_model.Encoder(**ddconfig),
         "decoder": taming_model.Decoder(**ddconfig),
         "quantize": taming_quantize.VectorQuantizer2(config.quantizer.num_codes, m.embed_dim,
@@ -190,29 +193,98 @@ def bench_taming(config) -> dict:
         "quant_conv": torch.nn.Conv2d(m.z_channels, m.embed_dim, 1),
         "post_quant_conv": torch.nn.Conv2d(m.embed_dim, m.z_channels, 1),
     })
+
+
+def taming_forward(modules, images):
+    """`VQModel.forward`: (reconstruction, codebook loss)."""
+    quantized, vq_loss, _ = modules["quantize"](modules["quant_conv"](modules["encoder"](images)))
+    return modules["decoder"](modules["post_quant_conv"](quantized)), vq_loss
+
+
+def taming_perceptual_loss(config):
+    """taming's `VQLPIPSWithDiscriminator` for the config's loss and discriminator, its LPIPS
+    built with random VGG and head weights (taming's constructor downloads ImageNet's)."""
+    from taming.modules.losses import lpips as taming_lpips  # pylint: disable=import-outside-toplevel
+    from taming.modules.losses import vqperceptual  # pylint: disable=import-outside-toplevel
+
+    if config.disc.norm != "batch" or config.loss.gan_loss != "hinge":
+        raise ValueError("--peer=taming's full step is taming's loss: config.disc.norm='batch' and "
+                         "config.loss.gan_loss='hinge'.")
+    import torchvision  # pylint: disable=import-outside-toplevel
+    models, load = taming_lpips.models, taming_lpips.LPIPS.load_from_pretrained
+    taming_lpips.models = types.SimpleNamespace(vgg16=lambda pretrained=True: torchvision.models.vgg16(weights=None))
+    taming_lpips.LPIPS.load_from_pretrained = lambda self, name="vgg_lpips": None
+    try:
+        return vqperceptual.VQLPIPSWithDiscriminator(
+            disc_start=0, codebook_weight=1.0, disc_num_layers=int(config.disc.n_layers),
+            disc_in_channels=int(config.model.out_ch), disc_weight=float(config.loss.disc_weight),
+            perceptual_weight=float(config.loss.perceptual_weight), disc_ndf=int(config.disc.ndf),
+            disc_loss="hinge")
+    finally:
+        taming_lpips.models, taming_lpips.LPIPS.load_from_pretrained = models, load
+
+
+def time_taming(label: str, step: Callable, batch: int) -> dict:
+    seconds, _ = median_step_seconds(step, None, _STEPS.value)
+    result = {"images_per_sec": batch / seconds, "step_ms": 1e3 * seconds,
+              "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if _PROFILE.value:
+        result["profile_ms"] = op_profile.torch_profile(step, _PROFILE.value)
+    print(f"  taming {label} (PyTorch {torch.__version__}, {result['threads']} threads): "
+          f"{result['images_per_sec']:.1f} images/s ({result['step_ms']:.0f} ms per step)")
+    return result
+
+
+def bench_taming(config) -> dict:
+    """taming's autoencoder + learned codebook trained with L1 + VQ loss and Adam."""
+    modules = taming_modules(config)
     optimizer = torch.optim.Adam(modules.parameters(), lr=1e-4,
                                  betas=(float(config.optim.b1), float(config.optim.b2)))
     batch, size, _, channels = image_shape(config)
     images = torch.rand(batch, channels, size, size) * 2 - 1
 
     def step(_):
-        h = modules["quant_conv"](modules["encoder"](images))
-        quantized, vq_loss, _ = modules["quantize"](h)
-        reconstruction = modules["decoder"](modules["post_quant_conv"](quantized))
+        reconstruction, vq_loss = taming_forward(modules, images)
         loss = torch.abs(images - reconstruction).mean() + vq_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return None
 
-    seconds, _ = median_step_seconds(step, None, _STEPS.value)
-    params = sum(p.numel() for name, p in modules.named_parameters() if not name.startswith("quantize"))
-    result = {"images_per_sec": batch / seconds, "step_ms": 1e3 * seconds, "params": params,
-              "torch": torch.__version__, "threads": torch.get_num_threads()}
-    if _PROFILE.value:
-        result["profile_ms"] = op_profile.torch_profile(step, _PROFILE.value)
-    print(f"  taming (PyTorch {torch.__version__}, {result['threads']} threads): "
-          f"{result['images_per_sec']:.1f} images/s ({result['step_ms']:.0f} ms per step)")
+    result = time_taming("L1 + VQ step", step, batch)
+    result["params"] = sum(p.numel() for name, p in modules.named_parameters() if not name.startswith("quantize"))
+    return result
+
+
+def bench_taming_full(config) -> dict:
+    """taming's whole `VQModel.training_step` as Lightning runs it, the discriminator active:
+    for the autoencoder's optimizer, forward, `VQLPIPSWithDiscriminator` (L1 + LPIPS, the
+    adaptive weight through `torch.autograd.grad`, hinge generator loss), backward, Adam; then
+    for the discriminator's, the autoencoder forward again, the loss again (LPIPS included, as
+    taming computes it for both optimizers), the discriminator's backward, Adam."""
+    modules = taming_modules(config)
+    loss = taming_perceptual_loss(config).train()
+    loss.perceptual_loss.eval()  # as taming: LPIPS is always in eval mode
+    opt_ae = torch.optim.Adam(modules.parameters(), lr=1e-4, betas=(float(config.optim.b1), float(config.optim.b2)))
+    opt_disc = torch.optim.Adam(loss.discriminator.parameters(), lr=1e-4,
+                                betas=(float(config.optim_d.b1), float(config.optim_d.b2)))
+    last_layer = modules["decoder"].conv_out.weight
+    batch, size, _, channels = image_shape(config)
+    images = torch.rand(batch, channels, size, size) * 2 - 1
+
+    def step(_):
+        reconstruction, vq_loss = taming_forward(modules, images)
+        ae_loss, _ = loss(vq_loss, images, reconstruction, 0, 1, last_layer=last_layer, split="train")
+        opt_ae.zero_grad(set_to_none=True)
+        ae_loss.backward()
+        opt_ae.step()
+        reconstruction, vq_loss = taming_forward(modules, images)
+        disc_loss, _ = loss(vq_loss, images, reconstruction, 1, 1, last_layer=last_layer, split="train")
+        opt_disc.zero_grad(set_to_none=True)
+        disc_loss.backward()
+        opt_disc.step()
+
+    result = time_taming("full step (L1 + LPIPS + discriminator)", step, batch)
+    result["disc_params"] = sum(p.numel() for p in loss.discriminator.parameters())
     return result
 
 
@@ -242,16 +314,30 @@ def main(argv):
                       images_per_sec=matched["images_per_sec"], compile_s=matched["compile_s"],
                       peer_images_per_sec=peer["images_per_sec"],
                       ratio=matched["images_per_sec"] / peer["images_per_sec"])
-        print(f"vqjax / taming: {report['ratio']:.2f}x "
+        print(f"vqjax / taming, L1 + VQ step: {report['ratio']:.2f}x "
               f"({matched['images_per_sec']:.1f} vs {peer['images_per_sec']:.1f} images/s, "
               f"same {peer['params'] / 1e6:.2f} M parameters)")
+        if config.family == "vqgan":
+            full = bench_taming_full(config)
+            ours = report["config_step"]
+            if full["disc_params"] != ours["disc_params"]:
+                raise AssertionError(f"taming's discriminator has {full['disc_params']} parameters "
+                                     f"and vqjax's {ours['disc_params']}: not the same architecture.")
+            report.update(peer_full_step=full, full_ratio=ours["images_per_sec"] / full["images_per_sec"])
+            print(f"vqjax config's step / taming full step: {report['full_ratio']:.2f}x "
+                  f"({ours['images_per_sec']:.1f} vs {full['images_per_sec']:.1f} images/s)")
     if _PROFILE.value:
         columns = {"vqjax config's step": report["config_step"]["profile_ms"]}
         if _PEER.value:
             columns = {"vqjax L1 + VQ": report["matched_step"]["profile_ms"],
-                       "taming L1 + VQ": report["peer"]["profile_ms"]}
-        print(f"Profile, {_PROFILE.value} traced steps (bench/op_profile.py):")
-        op_profile.print_table(columns)
+                       "taming L1 + VQ": report["peer"]["profile_ms"], **columns}
+            if "peer_full_step" in report:
+                columns["taming full step"] = report["peer_full_step"]["profile_ms"]
+        print(f"Profile, {_PROFILE.value} traced steps (bench/op_profile.py), by kind of work:")
+        op_profile.print_table({name: profile["by_kind"] for name, profile in columns.items()}, op_profile.KINDS)
+        print("and by network (vqjax only: PyTorch's operators carry no module names):")
+        op_profile.print_table({name: profile["by_part"] for name, profile in columns.items()
+                                if not name.startswith("taming")}, op_profile.PARTS)
     if _JSON.value:
         os.makedirs(os.path.dirname(os.path.abspath(_JSON.value)), exist_ok=True)
         with open(_JSON.value, "w") as f:

@@ -55,6 +55,22 @@ def test_distances_equal_the_lpips_package(reference, weights_file, size):
     np.testing.assert_allclose(np.asarray(same), 0.0, atol=1e-6)
 
 
+def test_loss_gradient_equals_the_lpips_package(reference, weights_file):
+    """The gradient of the loss with respect to the reconstruction, at 32x32 (VGG's last stage on
+    2x2 maps, vqjax.nets.conv's patches path), against PyTorch's autograd of the package."""
+    import jax  # pylint: disable=import-outside-toplevel
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-1, 1, size=(2, 32, 32, 3)).astype(np.float32)
+    y = np.clip(x + rng.normal(scale=0.3, size=x.shape), -1, 1).astype(np.float32)
+    params = lpips.load_params(str(weights_file))
+    loss = lambda y: jnp.sum(lpips.LPIPS().apply({"params": params}, jnp.asarray(x), y))  # noqa: E731
+    ours = np.asarray(jax.grad(loss)(jnp.asarray(y)))
+    target = torch.from_numpy(y.transpose(0, 3, 1, 2)).requires_grad_(True)
+    reference(torch.from_numpy(x.transpose(0, 3, 1, 2)), target).sum().backward()
+    theirs = target.grad.numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-3 * np.abs(theirs).max())
+
+
 def test_lpips_module_layout_converts_too(reference):
     """A saved lpips.LPIPS state dict (`net.slice*`) is accepted as the VGG source."""
     state = {k: v.numpy() for k, v in reference.state_dict().items()}

@@ -72,7 +72,7 @@ class PriorFamily(Family):
         if not config.tokenizer_dir:
             raise ValueError("config.tokenizer_dir is empty; pass --config.tokenizer_dir=DIR, a tokenizer "
                              "workdir or a directory written by `python -m vqjax.convert taming`.")
-        self.mesh, self.seed = mesh, int(config.seed)
+        self.mesh = mesh
         self.tokenizer = tokenizer_lib.load(config.tokenizer_dir)
         self.data_cfg = prior_inference.resolve_data(config.data, self.tokenizer)
         self.evals_cfg, self.sampling_cfg = config.evals, config.sampling
@@ -86,12 +86,17 @@ class PriorFamily(Family):
                                                  limit=int(config.tokens.max_eval_images), **encode)
         if jax.process_index() == 0:
             print(f"vqjax: code maps ready in {time.perf_counter() - start:.1f} s.", flush=True)
-        self.code_shape = self.train_codes["codes"].shape[1:]
-        self.seq_len = math.prod(self.code_shape)
         self.image_shape = (self.data_cfg.image_size, self.data_cfg.image_size, self.data_cfg.channels)
-        self.model = nets.build_transformer(num_codes=self.tokenizer.num_codes, seq_len=self.seq_len,
-                                            **config.model)
+        self.setup_training(config, self.tokenizer.num_codes, self.train_codes["codes"].shape[1:])
         check_labels_and_loss(config.loss, self.model, self.train_codes)
+        self.eval_step = jax.jit(likelihood.make_eval_step(self.model), out_shardings=parallel.replicated(mesh))
+
+    def setup_training(self, config, num_codes: int, code_shape: tuple[int, ...]) -> None:
+        """The transformer, objective and optimizer for code maps of `code_shape` over
+        `num_codes` codes: all `create` and `train_step` need (benchmarks build only this)."""
+        self.code_shape, self.seq_len = tuple(code_shape), math.prod(code_shape)
+        self.model = nets.build_transformer(num_codes=num_codes, seq_len=self.seq_len, **config.model)
+        self.seed = int(config.seed)
         self.cond_drop = float(config.loss.cond_drop) if self.model.num_classes > 0 else 0.0
         self.smoothing = float(config.loss.label_smoothing)
         self.mask_schedule = config.loss.mask_schedule
@@ -102,7 +107,6 @@ class PriorFamily(Family):
         self.schedules = {"learning_rate": optim.make_schedule(config.optim, num_steps, self.batch_size)}
         self.params_ema_decay = float(config.optim.get("params_ema_decay", 0.0))
         self.compiler_options = {}
-        self.eval_step = jax.jit(likelihood.make_eval_step(self.model), out_shardings=parallel.replicated(mesh))
 
     # --- Training.
 

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from vqjax.nets.blocks import Downsample, MidBlock, Upsample, block_classes, normalize
+from vqjax.nets.conv import Conv
 
 
 class Encoder(nn.Module):
@@ -35,7 +36,7 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         resnet_block, attn_block = block_classes(self.remat)
-        h = nn.Conv(self.ch, (3, 3), dtype=self.dtype, name="conv_in")(x.astype(self.dtype))
+        h = Conv(self.ch, (3, 3), dtype=self.dtype, name="conv_in")(x.astype(self.dtype))
         resolution = self.resolution
         for level, mult in enumerate(self.ch_mult):
             for i in range(self.num_res_blocks):
@@ -48,7 +49,7 @@ class Encoder(nn.Module):
                 resolution //= 2
         h = MidBlock(self.dropout, self.dtype, self.remat, name="mid")(h, train=train)
         h = normalize("norm_out", self.dtype, swish=True)(h)
-        return nn.Conv(self.z_channels, (3, 3), dtype=self.dtype, name="conv_out")(h)
+        return Conv(self.z_channels, (3, 3), dtype=self.dtype, name="conv_out")(h)
 
 
 class Decoder(nn.Module):
@@ -70,7 +71,7 @@ class Decoder(nn.Module):
         resnet_block, attn_block = block_classes(self.remat)
         width = self.ch * self.ch_mult[-1]
         resolution = self.resolution // 2 ** (len(self.ch_mult) - 1)
-        h = nn.Conv(width, (3, 3), dtype=self.dtype, name="conv_in")(z.astype(self.dtype))
+        h = Conv(width, (3, 3), dtype=self.dtype, name="conv_in")(z.astype(self.dtype))
         h = MidBlock(self.dropout, self.dtype, self.remat, name="mid")(h, train=train)
         for level in reversed(range(len(self.ch_mult))):
             for i in range(self.num_res_blocks + 1):
@@ -83,7 +84,7 @@ class Decoder(nn.Module):
                 resolution *= 2
         h = normalize("norm_out", self.dtype, swish=True)(h)
         # The last layer is float32: the adaptive GAN weight differentiates through it.
-        h = nn.Conv(self.out_ch, (3, 3), dtype=jnp.float32, name="conv_out")(h)
+        h = Conv(self.out_ch, (3, 3), dtype=jnp.float32, name="conv_out")(h)
         return h.astype(jnp.float32)
 
 
@@ -117,8 +118,8 @@ class VQAutoencoder(nn.Module):
         self.encoder = Encoder(**sizes)
         self.decoder = Decoder(out_ch=self.out_ch, **sizes)
         # Codes are compared in float32 whatever the compute dtype.
-        self.quant_conv = nn.Conv(self.embed_dim, (1, 1), dtype=jnp.float32)
-        self.post_quant_conv = nn.Conv(self.z_channels, (1, 1), dtype=self.dtype)
+        self.quant_conv = Conv(self.embed_dim, (1, 1), dtype=jnp.float32)
+        self.post_quant_conv = Conv(self.z_channels, (1, 1), dtype=self.dtype)
 
     def encode(self, images: jax.Array, *, train: bool = False) -> jax.Array:
         return self.quant_conv(self.encoder(images, train=train))

@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vqjax.nets.conv import Conv
+
 
 def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, *, num_groups: int,
                epsilon: float, swish: bool = False) -> jax.Array:
@@ -92,12 +94,12 @@ class ResnetBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         h = normalize("norm1", self.dtype, swish=True)(x)
-        h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, name="conv1")(h)
+        h = Conv(self.out_channels, (3, 3), dtype=self.dtype, name="conv1")(h)
         h = normalize("norm2", self.dtype, swish=True)(h)
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
-        h = nn.Conv(self.out_channels, (3, 3), dtype=self.dtype, name="conv2")(h)
+        h = Conv(self.out_channels, (3, 3), dtype=self.dtype, name="conv2")(h)
         if x.shape[-1] != self.out_channels:
-            x = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, name="nin_shortcut")(x)
+            x = Conv(self.out_channels, (1, 1), dtype=self.dtype, name="nin_shortcut")(x)
         return x + h
 
 
@@ -110,15 +112,15 @@ class AttnBlock(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         batch, height, width, channels = x.shape
         h = normalize("norm", self.dtype)(x)
-        q = nn.Conv(channels, (1, 1), dtype=self.dtype, name="q")(h)
-        k = nn.Conv(channels, (1, 1), dtype=self.dtype, name="k")(h)
-        v = nn.Conv(channels, (1, 1), dtype=self.dtype, name="v")(h)
+        q = Conv(channels, (1, 1), dtype=self.dtype, name="q")(h)
+        k = Conv(channels, (1, 1), dtype=self.dtype, name="k")(h)
+        v = Conv(channels, (1, 1), dtype=self.dtype, name="v")(h)
         q, k, v = (t.reshape(batch, height * width, channels) for t in (q, k, v))
         logits = jnp.einsum("bic,bjc->bij", q, k) * (channels ** -0.5)
         # Softmax in float32: bf16 logits over thousands of positions lose the small weights.
         weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
         h = jnp.einsum("bij,bjc->bic", weights, v).reshape(batch, height, width, channels)
-        return x + nn.Conv(channels, (1, 1), dtype=self.dtype, name="proj_out")(h)
+        return x + Conv(channels, (1, 1), dtype=self.dtype, name="proj_out")(h)
 
 
 class Downsample(nn.Module):
@@ -129,7 +131,7 @@ class Downsample(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        return nn.Conv(x.shape[-1], (3, 3), strides=(2, 2), padding="VALID", dtype=self.dtype,
+        return Conv(x.shape[-1], (3, 3), strides=(2, 2), padding="VALID", dtype=self.dtype,
                        name="conv")(x)
 
 
@@ -141,7 +143,7 @@ class Upsample(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-        return nn.Conv(x.shape[-1], (3, 3), dtype=self.dtype, name="conv")(x)
+        return Conv(x.shape[-1], (3, 3), dtype=self.dtype, name="conv")(x)
 
 
 def block_classes(remat: bool) -> tuple[type[nn.Module], type[nn.Module]]:

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from vqjax.nets import blocks
+from vqjax.nets.conv import Conv
 
 NORMS = ("batch", "group", "none")
 
@@ -41,7 +42,7 @@ class NLayerDiscriminator(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     def _conv(self, features, stride, use_bias, name):
-        return nn.Conv(features, (4, 4), strides=(stride, stride), padding=((1, 1), (1, 1)),
+        return Conv(features, (4, 4), strides=(stride, stride), padding=((1, 1), (1, 1)),
                        use_bias=use_bias, kernel_init=_conv_init, dtype=self.dtype, name=name)
 
     def _norm(self, h, train, name):

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from vqjax.nets import weights_file
+from vqjax.nets.conv import Conv
 
 IMAGE_SIZE = 299
 NUM_CLASSES = 1008  # 1000 ImageNet classes plus 8 unused ones of the TensorFlow graph
@@ -51,7 +52,7 @@ class BasicConv2d(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         (ph, pw), s = self.padding, self.strides
-        x = nn.Conv(self.features, self.kernel_size, strides=(s, s), padding=((ph, ph), (pw, pw)),
+        x = Conv(self.features, self.kernel_size, strides=(s, s), padding=((ph, ph), (pw, pw)),
                     use_bias=False, dtype=self.dtype, name="conv")(x)
         x = nn.BatchNorm(use_running_average=True, epsilon=BN_EPS, dtype=self.dtype, name="bn")(x)
         return nn.relu(x)

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from vqjax.nets import weights_file
+from vqjax.nets.conv import Conv
 
 # torchvision's vgg16().features up to relu5_3: conv widths per stage; each stage's last ReLU is
 # a tap, and stages after the first start with a 2x2 max-pool.
@@ -48,7 +49,7 @@ class VGG16Features(nn.Module):
             if s > 0:
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
             for i, width in enumerate(widths):
-                x = nn.relu(nn.Conv(width, (3, 3), dtype=self.dtype, name=f"conv{s + 1}_{i + 1}")(x))
+                x = nn.relu(Conv(width, (3, 3), dtype=self.dtype, name=f"conv{s + 1}_{i + 1}")(x))
             taps.append(x)
         return taps
 
@@ -64,15 +65,21 @@ class LPIPS(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
-        shift, scale = jnp.asarray(SHIFT), jnp.asarray(SCALE)
         vgg = VGG16Features(self.dtype, name="vgg")
-        # One pass over both batches: the same weights, half the kernel launches.
-        both = (jnp.concatenate([x, y]).astype(jnp.float32) - shift) / scale
+
+        def features(images):
+            scaled = (images.astype(jnp.float32) - jnp.asarray(SHIFT)) / jnp.asarray(SCALE)
+            return vgg(scaled.astype(self.dtype))
+
+        # One VGG pass per input, not one over both concatenated: as a loss, LPIPS(images,
+        # reconstruction) is differentiated with respect to the reconstruction only, and a
+        # separate pass of the images is left out of the backward pass (a concatenated batch
+        # would be pulled back whole, half of it for nothing).
         distance = 0.0
-        for level, features in enumerate(vgg(both.astype(self.dtype))):
-            fx, fy = jnp.split(features.astype(jnp.float32), 2)
+        for level, (fx, fy) in enumerate(zip(features(x), features(y))):
+            fx, fy = fx.astype(jnp.float32), fy.astype(jnp.float32)
             diff = jnp.square(_unit_normalize(fx) - _unit_normalize(fy))
-            head = nn.Conv(1, (1, 1), use_bias=False, dtype=jnp.float32, name=f"lin_{level}")
+            head = Conv(1, (1, 1), use_bias=False, dtype=jnp.float32, name=f"lin_{level}")
             distance = distance + jnp.mean(head(diff), axis=(1, 2, 3))
         return distance
 

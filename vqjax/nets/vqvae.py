@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vqjax.nets.conv import Conv
+
 
 class ResidualStack(nn.Module):
     """`num_blocks` residual blocks `x + conv1x1(relu(conv3x3(relu(x))))`, then a ReLU."""
@@ -26,9 +28,9 @@ class ResidualStack(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         for i in range(self.num_blocks):
             h = nn.relu(x)
-            h = nn.Conv(self.residual_channels, (3, 3), dtype=self.dtype, name=f"res{i}_conv3x3")(h)
+            h = Conv(self.residual_channels, (3, 3), dtype=self.dtype, name=f"res{i}_conv3x3")(h)
             h = nn.relu(h)
-            h = nn.Conv(self.channels, (1, 1), dtype=self.dtype, name=f"res{i}_conv1x1")(h)
+            h = Conv(self.channels, (1, 1), dtype=self.dtype, name=f"res{i}_conv1x1")(h)
             x = x + h
         return nn.relu(x)
 
@@ -47,14 +49,14 @@ class Encoder(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(self.dtype)
         for i in range(self.num_downsamples):
-            x = nn.Conv(self.hidden_channels, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype,
+            x = Conv(self.hidden_channels, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype,
                         name=f"down{i}")(x)
             x = nn.relu(x)
-        x = nn.Conv(self.hidden_channels, (3, 3), dtype=self.dtype, name="conv_in")(x)
+        x = Conv(self.hidden_channels, (3, 3), dtype=self.dtype, name="conv_in")(x)
         x = ResidualStack(self.hidden_channels, self.residual_channels, self.num_residual_blocks,
                           dtype=self.dtype, name="residual")(x)
         # Codes are compared in float32 whatever the compute dtype.
-        return nn.Conv(self.embed_dim, (1, 1), dtype=jnp.float32, name="to_codes")(x)
+        return Conv(self.embed_dim, (1, 1), dtype=jnp.float32, name="to_codes")(x)
 
 
 class Decoder(nn.Module):
@@ -69,7 +71,7 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
-        x = nn.Conv(self.hidden_channels, (3, 3), dtype=self.dtype, name="conv_in")(z.astype(self.dtype))
+        x = Conv(self.hidden_channels, (3, 3), dtype=self.dtype, name="conv_in")(z.astype(self.dtype))
         x = ResidualStack(self.hidden_channels, self.residual_channels, self.num_residual_blocks,
                           dtype=self.dtype, name="residual")(x)
         for i in range(self.num_downsamples):
