@@ -44,7 +44,8 @@ def _hlo_kinds(hlo_text: str) -> dict[str, tuple[str, str]]:
         line, opcode = m.group(0), m.group(2)
         called = re.search(r"calls=%([\w.\-]+)", line)
         body = bodies.get(called.group(1), "") if called else ""
-        op_name = re.search(r'op_name="([^"]*)"', line)
+        # A fusion may carry no metadata of its own: its fused instructions do.
+        op_name = re.search(r'op_name="([^"]*)"', line) or re.search(r'op_name="([^"]*)"', body)
         op_name = op_name.group(1) if op_name else ""
         kinds[m.group(1)] = (_kind(opcode, body, op_name), _part(op_name))
     return kinds

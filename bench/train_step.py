@@ -7,14 +7,18 @@ memory figure for the step (arguments + outputs + temporaries; on a GPU also the
 peak bytes in use).
 
 With --peer=taming (PyTorch and taming-transformers installed, the [interop] extra) it also
-times, in the same process and on the same cores, taming's modules of the identical
-architecture (`Encoder`, `Decoder`, `VectorQuantizer2`, the 1x1 quant convolutions) trained
-with L1 + VQ loss and Adam, and vqjax's train step with that same loss (the config changed
-to a codebook learned by loss, no discriminator, no LPIPS, no dead-code restarts), and prints
-vqjax / PyTorch. The config's own step is timed as well, whatever its losses.
+times, in the same process and on the same cores:
+  * taming's modules of the identical architecture (`Encoder`, `Decoder`, `VectorQuantizer2`,
+    the 1x1 quant convolutions) trained with L1 + VQ loss and Adam, beside vqjax's train step
+    with that same loss (the config changed to a codebook learned by loss, no discriminator,
+    no LPIPS, no dead-code restarts): the "L1 + VQ" ratio;
+  * for a VQGAN config, taming's whole `VQModel.training_step` as Lightning runs it (its
+    `VQLPIPSWithDiscriminator` with random VGG weights, the adaptive weight, both optimizers,
+    the discriminator active) beside the config's own step: the "full" ratio (`full_ratio` in
+    --json).
 
 A config whose perceptual loss has no LPIPS weights is timed with random LPIPS weights (the
-same cost). Command, from the repository root (about 3 minutes on 2 CPU cores):
+same cost). Command, from the repository root (about 5 minutes on 2 CPU cores):
 
   python bench/train_step.py --config=experiments/configs/vqgan_cifar10.py \
       --config.data.batch_size=32 --peer=taming [--steps=10] [--json=bench/results/train_step.json]
@@ -30,7 +34,8 @@ Any `--config.*` override works as in the entry points (`--config.model.dtype=bf
 XLA's default CPU convolutions). `--profile=3` traces three more steps of each implementation
 and prints a table of where the time goes (convolutions forward and backward, layout copies,
 GroupNorm + swish, matmuls, other; bench/op_profile.py), side by side with PyTorch's own
-profile under --peer.
+profile under --peer, and for vqjax a second table by network (autoencoder, LPIPS,
+discriminator, the rest).
 """
 
 from __future__ import annotations
