@@ -7,6 +7,10 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first (TPU pods, multi-node GPU).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", "", "With --multihost where JAX cannot detect the "
+                                   "cluster: host:port of process 0's coordinator.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "With --coordinator_address: how many processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "With --coordinator_address: this process' index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -33,7 +37,9 @@ def run(family: str) -> None:
             raise app.UsageError(f"{filename} is a {config_family} config; run it with "
                                  f"python -m {families.ENTRY_POINTS[config_family]}.")
         if _MULTIHOST.value:
-            parallel.initialize_distributed()
+            parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+        elif _COORDINATOR.value:
+            raise app.UsageError("--coordinator_address is for multi-process runs: add --multihost.")
         experiment.train_and_evaluate(config, _WORKDIR.value)
 
     app.run(main)

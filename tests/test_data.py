@@ -106,6 +106,19 @@ def test_epochs_reshuffle_and_cover_the_data(image_folder):
     assert not np.array_equal(first, second)  # in a new order
 
 
+def test_processes_split_the_single_process_global_batches(image_folder):
+    """Two processes' training batches, side by side, are the one-process run's batches: the
+    data does not depend on how many hosts read it (multi-host runs equal single-host ones)."""
+    root, _ = image_folder
+    cfg = _cfg(source="folder", path=str(root), image_size=8, crop="center", batch_size=4)
+    single = _take(data.make_dataset(cfg, "train", start_step=1, process_index=0, process_count=1), 4)
+    halves = [_take(data.make_dataset(cfg, "train", start_step=1, process_index=i, process_count=2), 4)
+              for i in range(2)]
+    for step, batch in enumerate(single):
+        for key in ("image", "label"):
+            np.testing.assert_array_equal(batch[key], np.concatenate([halves[0][step][key], halves[1][step][key]]))
+
+
 def test_processes_get_disjoint_shards_of_the_same_length(image_folder):
     root, _ = image_folder
     cfg = _cfg(source="folder", path=str(root), image_size=8, crop="center", batch_size=4)

@@ -17,9 +17,14 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 DATA_AXIS = "data"
 
 
-def initialize_distributed() -> None:
-    """Multi-host start-up (TPU pods, multi-node GPU); call before any other JAX call."""
-    jax.distributed.initialize()
+def initialize_distributed(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1) -> None:
+    """Multi-host start-up; call before any other JAX call. With no arguments JAX finds the
+    cluster itself (TPU pods, SLURM, Open MPI, ...); elsewhere (several processes on one
+    machine, clusters JAX does not detect) name the coordinator `host:port`, the number of
+    processes and this one's index (0 on the coordinator's host)."""
+    explicit = dict(coordinator_address=coordinator_address or None, num_processes=num_processes or None,
+                    process_id=process_id if process_id >= 0 else None)
+    jax.distributed.initialize(**{k: v for k, v in explicit.items() if v is not None})
 
 
 def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> jax.sharding.Mesh:

@@ -23,6 +23,7 @@ from typing import Iterator
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from vqjax.core import parallel
 from vqjax.data import images as data_lib
@@ -96,11 +97,22 @@ def cached_codes(workdir: str, tokenizer, tokenizer_dir: str, data_cfg, split: s
     """The code maps of `split`, read from the workdir's cache, or encoded and cached."""
     path = cache_path(workdir, split, flip)
     description = describe(tokenizer, tokenizer_dir, data_cfg, split, flip, limit)
-    if os.path.exists(path):
+    cached = os.path.exists(path)
+    if jax.process_count() > 1:
+        # Every process takes process 0's branch: encoding runs collectives over all of them,
+        # so one that loads while the others encode would leave them waiting.
+        cached = bool(multihost_utils.broadcast_one_to_all(np.int32(cached)))
+        if cached and not os.path.exists(path):
+            raise FileNotFoundError(
+                f"Process 0 found the cached code maps {path} but process {jax.process_index()} does "
+                "not: --workdir must be storage that every host shares (a gs:// bucket, NFS).")
+    if cached:
         return _load(path, description)
     arrays = encode_split(tokenizer, data_cfg, split, flip=flip, batch_size=batch_size, mesh=mesh, limit=limit)
     if jax.process_index() == 0:
         _save(path, arrays, description)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"code maps of {split} cached")  # written before anyone goes on
     return arrays
 
 

@@ -5,10 +5,11 @@ numpy batches `{'image': float32 [b, H, W, C] in [-1, 1], 'label': int32 [b]}` w
 b = global batch / process count; evaluation batches also carry `mask` (1 for real
 examples, 0 for padding) so that every process sees the same number of static-shape batches.
 
-Training order is a pure function of (seed, step): records are shuffled with a fixed seed,
-augmentations use stateless ops keyed by the record's position in the stream, and a run
-resumed at step k skips k batches of *undecoded* records, so it sees the same images as an
-uninterrupted run at little cost.
+Training order is a pure function of (seed, step), whatever the number of processes: records
+are shuffled with a fixed seed into one global stream, each process decodes its rows of every
+global batch, augmentations use stateless ops keyed by the record's global position, and a
+run resumed at step k skips k global batches of *undecoded* records, so it sees the same
+images as an uninterrupted run at little cost.
 """
 
 from __future__ import annotations
@@ -294,19 +295,24 @@ def make_dataset(
     ds, count, decode = _source(cfg, split)
     description = _describe(cfg, split)
 
-    ds = ds.shard(process_count, process_index)
     options = tf.data.Options()
     options.deterministic = True
     options.threading.private_threadpool_size = int(cfg.get("num_threads", 0)) or os.cpu_count() or 1
     if train:
-        buffer = min(int(cfg.shuffle_buffer), math.ceil(count / process_count))
-        ds = ds.shuffle(buffer, seed=seed + process_index, reshuffle_each_iteration=True).repeat()
-        ds = ds.enumerate().skip(start_step * local_batch)
+        # One global stream, the same on every process (same shuffle seed), cut into global
+        # batches; a process keeps its rows of each (`local_batch` from `process_index *
+        # local_batch`) and decodes only those. So the global batch of a step, and each record's
+        # augmentation (keyed by its global position), do not depend on how many processes
+        # read them: a run on 2 hosts x 2 devices trains on what a run on 1 host x 4 devices does.
+        ds = ds.shuffle(min(int(cfg.shuffle_buffer), count), seed=seed, reshuffle_each_iteration=True).repeat()
+        ds = ds.enumerate().skip(start_step * batch_size)
+        if process_count > 1:
+            ds = ds.filter(lambda position, _: (position % batch_size) // local_batch == process_index)
         ds = ds.map(_preprocess(cfg, decode, True, seed), num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.batch(local_batch, drop_remainder=True).prefetch(2).with_options(options)
         return _numpy_batches(ds, description)
 
-    ds = ds.enumerate().map(_preprocess(cfg, decode, False, seed), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.shard(process_count, process_index).enumerate().map(_preprocess(cfg, decode, False, seed), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(local_batch).prefetch(2).with_options(options)
     num_batches = math.ceil(math.ceil(count / process_count) / local_batch)
     empty = {"image": np.zeros((0, cfg.image_size, cfg.image_size, cfg.channels), np.float32),

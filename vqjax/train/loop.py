@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -145,6 +146,38 @@ class LoopSettings:
         return self.unit.replace(" ", "_") + "_per_sec"
 
 
+class Preemption:
+    """Whether to save and stop after a step, on a SIGTERM to any process.
+
+    One process: a SIGTERM handler sets a flag. Several processes: JAX's coordination service
+    (`jax.distributed.initialize`) catches the SIGTERM of any of them and names a step at
+    which all of them answer True to `multihost_utils.reached_preemption_sync_point`, so every
+    host saves the same step and none waits on a collective the others have left. (A handler
+    of our own would replace the service's and leave the others training.)
+    """
+
+    def __init__(self):
+        self.shared = jax.process_count() > 1
+        self.requested = False
+        self.previous_handler = None
+        if not self.shared:
+            self.previous_handler = signal.getsignal(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, self._request)
+
+    def _request(self, *_):
+        self.requested = True
+
+    def reached(self, step: int) -> bool:
+        """Call after every step, in order, on every process."""
+        if self.shared:
+            self.requested = self.requested or multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
+
+    def close(self) -> None:
+        if not self.shared:
+            signal.signal(signal.SIGTERM, self.previous_handler)
+
+
 def run_loop(state, train_step: Callable, batches: Iterator, settings: LoopSettings, *,
              manager: ocp.CheckpointManager, logger: Logger, last_checkpoint: Optional[int],
              periodic_eval: Callable[[Any], dict], eval_images: Callable[[Any], dict]) -> LoopResult:
@@ -158,9 +191,7 @@ def run_loop(state, train_step: Callable, batches: Iterator, settings: LoopSetti
     and a return with `preempted=True`. Closes `logger`.
     """
     num_steps, start_step = settings.num_steps, int(state.step)
-    terminate = {"requested": False}
-    previous_handler = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, lambda *_: terminate.update(requested=True))
+    preemption = Preemption()
     timing = {"start": None, "examples": 0}
     last_log_time, last_log_step = time.perf_counter(), start_step
     metrics, sums, summed_steps = None, None, 0
@@ -194,11 +225,12 @@ def run_loop(state, train_step: Callable, batches: Iterator, settings: LoopSetti
                 logger.images(step, eval_images(state), "eval/")
                 logger.write(f"step {step}: {log_line(eval_metrics)}")
 
-            if step % settings.ckpt_steps == 0 or step == num_steps or terminate["requested"]:
+            preempted = preemption.reached(step)
+            if step % settings.ckpt_steps == 0 or step == num_steps or preempted:
                 check_finite(step, jax.device_get(metrics), settings.watched, last_checkpoint)
                 manager.save(step, args=ocp.args.StandardSave(state))
                 last_checkpoint = step
-            if terminate["requested"]:
+            if preempted:
                 manager.wait_until_finished()
                 logger.write(f"SIGTERM: saved step {step} to {manager.directory}; run again to resume.")
                 return LoopResult(state, jax.device_get(metrics), None, preempted=True)
@@ -206,7 +238,7 @@ def run_loop(state, train_step: Callable, batches: Iterator, settings: LoopSetti
         seconds = time.perf_counter() - timing["start"] if timing["start"] else 0.0
     finally:
         manager.wait_until_finished()
-        signal.signal(signal.SIGTERM, previous_handler)
+        preemption.close()
         logger.close()
     return LoopResult(state, None if metrics is None else jax.device_get(metrics),
                       timing["examples"] / seconds if timing["examples"] else None, preempted=False)
