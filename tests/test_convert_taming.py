@@ -298,7 +298,7 @@ def test_a_converted_model_is_a_starting_point_for_init_from(tmp_path):
     create = jax.jit(family.create, out_shardings=parallel.replicated(mesh))
     abstract = jax.eval_shape(create, jax.random.key(0), batch)
     abstract = checkpoints.abstract_like(abstract, parallel.replicated(mesh))
-    state, loaded = experiment.load_init_from(out, family, abstract, create(jax.random.key(0), batch), 0.0)
+    state, loaded = experiment.load_init_from(out, family, abstract, create(jax.random.key(0), batch), 0.0, mesh)
     assert set(loaded) == {"params", "quantizer", "disc_params", "disc_batch_stats"}
     _, converted = checkpoints.read_latest(out, "test")
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), converted["params"])

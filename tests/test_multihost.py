@@ -34,16 +34,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(workdir, port, log_dir, tag):
+def _launch(workdir, port, log_dir, tag, entry_point="experiments.vqvae", config="vqvae_quickstart",
+            overrides=None):
     """The two processes of one multi-host run; their output goes to files."""
     env = dict(os.environ)
     env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace("device_count=4", "device_count=2")
     env["JAX_PLATFORMS"] = "cpu"
-    flags = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+    flags = [f"--config.{k}={v}" for k, v in (OVERRIDES if overrides is None else overrides).items()]
     processes = []
     for index in range(2):
-        command = [sys.executable, "-m", "experiments.vqvae",
-                   "--config=experiments/configs/vqvae_quickstart.py:smoke", f"--workdir={workdir}", *flags,
+        command = [sys.executable, "-m", entry_point,
+                   f"--config=experiments/configs/{config}.py:smoke", f"--workdir={workdir}", *flags,
                    "--multihost", f"--coordinator_address=localhost:{port}", "--num_processes=2",
                    f"--process_id={index}"]
         log = open(os.path.join(log_dir, f"{tag}_{index}.log"), "w")
@@ -107,5 +108,24 @@ def test_two_processes_preempted_on_one_then_resumed_equal_one_process(tmp_path)
     _wait(_launch(workdir, _free_port(), logs_dir, "resumed"), logs_dir, "resumed")
     two, one = _metrics(workdir), _metrics(single_dir)
     assert set(two) == set(one) and "train_loss" in one and "recon_psnr" in one, sorted(one)
+    for key in one:
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+def test_two_processes_train_a_prior_as_one_process_does(trained_vqgan, tmp_path):
+    """The prior family: both processes encode the code maps together (collectives over all
+    devices), process 0 caches them, and training equals the one-process run."""
+    _, tokenizer_dir, _ = trained_vqgan
+    config = load_config("prior_quickstart", "smoke")
+    config.tokenizer_dir = tokenizer_dir
+    single_dir = str(tmp_path / "single")
+    experiment.train_and_evaluate(config, single_dir)
+
+    workdir = str(tmp_path / "two")
+    _wait(_launch(workdir, _free_port(), str(tmp_path), "prior", "experiments.transformer", "prior_quickstart",
+                  {"tokenizer_dir": tokenizer_dir}), str(tmp_path), "prior")
+    assert sorted(os.listdir(os.path.join(workdir, "tokens"))) == sorted(os.listdir(os.path.join(single_dir, "tokens")))
+    two, one = _metrics(workdir), _metrics(single_dir)
+    assert set(two) == set(one) and "bits_per_token" in one, sorted(one)
     for key in one:
         np.testing.assert_allclose(two[key], one[key], rtol=1e-4, atol=1e-6, err_msg=key)

@@ -134,7 +134,7 @@ def test_init_from_another_run(tmp_path):
     abstract = jax.eval_shape(create, jax.random.key(0), example)
     abstract = checkpoints.abstract_like(abstract, replicated)
     fresh = create(jax.random.key(0), example)
-    loaded_state, loaded = experiment.load_init_from(config.init_from, family, abstract, fresh, 0.0)
+    loaded_state, loaded = experiment.load_init_from(config.init_from, family, abstract, fresh, 0.0, mesh)
     assert set(loaded) == {"params", "quantizer"}
     chex.assert_trees_all_equal(jax.device_get(loaded_state.params), saved["params"])
     np.testing.assert_array_equal(loaded_state.extra["quantizer"].embedding,

@@ -12,6 +12,7 @@ from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
@@ -48,6 +49,23 @@ def check_batch_size(batch_size: int, mesh: jax.sharding.Mesh, what: str = "conf
             f"{what} is {batch_size}, which does not split evenly over {num_devices} devices; "
             f"use a multiple of {num_devices}."
         )
+
+
+def replicate(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+    """`tree`, whose values every process holds alike (weights read from a file, a restored
+    checkpoint), as arrays replicated over every device of `mesh`. The values go through host
+    memory: `jax.device_put` of one process's device arrays onto other hosts' devices is a
+    cross-host transfer, which multi-process CPU and GPU runs do not support."""
+    sharding = replicated(mesh)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+
+
+def gather_batch(local: Any) -> np.ndarray:
+    """A process's rows of a global batch -> the whole global batch, on every process (in
+    process order, as `to_global` lays the rows out)."""
+    if jax.process_count() == 1:
+        return np.asarray(local)
+    return np.asarray(multihost_utils.process_allgather(np.asarray(local), tiled=True))
 
 
 def to_global(batch: Any, mesh: jax.sharding.Mesh) -> Any:

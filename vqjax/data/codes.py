@@ -44,15 +44,14 @@ def encode_split(tokenizer, data_cfg, split: str, *, flip: bool, batch_size: int
     replicated = parallel.replicated(mesh)
     encode = jax.jit(tokenizer.encode_fn(), out_shardings=replicated,
                      compiler_options=tokenizer.compiler_options)
-    weights = jax.device_put(tokenizer.weights, replicated)
+    weights = parallel.replicate(tokenizer.weights, mesh)
     codes, labels, flipped_codes = [], [], []
     for batch in data_lib.make_dataset(data_cfg, split, batch_size, train=False):
         # Replicated outputs hold every process's rows; the masks say which are real.
-        mask = parallel.to_global(batch["mask"], mesh)
-        valid = np.asarray(jax.device_get(mask)) > 0
+        valid = parallel.gather_batch(batch["mask"]) > 0
         images = parallel.to_global(batch["image"], mesh)
         codes.append(np.asarray(jax.device_get(encode(weights, images)))[valid])
-        labels.append(np.asarray(jax.device_get(parallel.to_global(batch["label"], mesh)))[valid])
+        labels.append(parallel.gather_batch(batch["label"])[valid])
         if flip:
             mirrored = parallel.to_global(batch["image"][:, :, ::-1], mesh)
             flipped_codes.append(np.asarray(jax.device_get(encode(weights, mirrored)))[valid])

@@ -298,23 +298,28 @@ def make_dataset(
     options = tf.data.Options()
     options.deterministic = True
     options.threading.private_threadpool_size = int(cfg.get("num_threads", 0)) or os.cpu_count() or 1
+
+    def own_rows(ds):
+        """A process keeps its rows of every global batch (`local_batch` of them from
+        `process_index * local_batch`), before anything is decoded."""
+        if process_count == 1:
+            return ds
+        return ds.filter(lambda position, _: (position % batch_size) // local_batch == process_index)
+
+    # One global stream, the same on every process (the same shuffle seed), cut into global
+    # batches of which each process decodes its rows. So a step's global batch, each record's
+    # augmentation (keyed by its global position) and the order of an evaluation pass do not
+    # depend on the number of processes: 2 hosts x 2 devices see what 1 host x 4 devices sees.
     if train:
-        # One global stream, the same on every process (same shuffle seed), cut into global
-        # batches; a process keeps its rows of each (`local_batch` from `process_index *
-        # local_batch`) and decodes only those. So the global batch of a step, and each record's
-        # augmentation (keyed by its global position), do not depend on how many processes
-        # read them: a run on 2 hosts x 2 devices trains on what a run on 1 host x 4 devices does.
         ds = ds.shuffle(min(int(cfg.shuffle_buffer), count), seed=seed, reshuffle_each_iteration=True).repeat()
-        ds = ds.enumerate().skip(start_step * batch_size)
-        if process_count > 1:
-            ds = ds.filter(lambda position, _: (position % batch_size) // local_batch == process_index)
+        ds = own_rows(ds.enumerate().skip(start_step * batch_size))
         ds = ds.map(_preprocess(cfg, decode, True, seed), num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.batch(local_batch, drop_remainder=True).prefetch(2).with_options(options)
         return _numpy_batches(ds, description)
 
-    ds = ds.shard(process_count, process_index).enumerate().map(_preprocess(cfg, decode, False, seed), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = own_rows(ds.enumerate()).map(_preprocess(cfg, decode, False, seed), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(local_batch).prefetch(2).with_options(options)
-    num_batches = math.ceil(math.ceil(count / process_count) / local_batch)
+    num_batches = math.ceil(count / batch_size)
     empty = {"image": np.zeros((0, cfg.image_size, cfg.image_size, cfg.channels), np.float32),
              "label": np.zeros((0,), np.int32)}
     return _padded_batches(_numpy_batches(ds, description), num_batches, local_batch, empty)

@@ -53,8 +53,8 @@ def evaluate_tokenizer(config, *, devices=None) -> dict:
     reconstruct = tokenizer.reconstruct_fn()
     eval_step = jax.jit(reconstruction.make_eval_step(reconstruct, tokenizer.num_codes), out_shardings=replicated,
                         compiler_options=tokenizer.compiler_options)
-    evaluators = reconstruction.load_evaluators(config.evals.lpips_path, config.evals.inception_path).place(replicated)
-    weights = jax.device_put(tokenizer.weights, replicated)
+    evaluators = reconstruction.load_evaluators(config.evals.lpips_path, config.evals.inception_path).place(mesh)
+    weights = parallel.replicate(tokenizer.weights, mesh)
     image_shape = (data_cfg.eval_batch_size, data_cfg.image_size, data_cfg.image_size, data_cfg.channels)
     code_bits = reconstruction.code_bits_per_pixel(reconstruct, weights, image_shape, tokenizer.num_codes)
 
@@ -93,7 +93,7 @@ def evaluate_prior(eval_config, *, devices=None) -> dict:
                                     mesh=mesh, limit=int(config.tokens.max_eval_images))
     eval_step = jax.jit(likelihood.make_eval_step(loaded.model), out_shardings=replicated)
     image_shape = (data_cfg.image_size, data_cfg.image_size, data_cfg.channels)
-    result = likelihood.evaluate(eval_step, jax.device_put(loaded.params, replicated), codes,
+    result = likelihood.evaluate(eval_step, parallel.replicate(loaded.params, mesh), codes,
                                  batch_size=int(config.data.eval_batch_size),
                                  num_batches=int(config.evals.num_eval_batches), seed=int(config.seed), mesh=mesh,
                                  seq_len=loaded.model.seq_len, image_shape=image_shape)

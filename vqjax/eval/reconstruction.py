@@ -41,9 +41,9 @@ class Evaluators:
         """Arguments of the compiled eval step (weights are arguments, not baked-in constants)."""
         return (self.lpips_params, self.inception_variables)
 
-    def place(self, sharding) -> "Evaluators":
-        """The same evaluators with their weights put on the mesh once."""
-        lpips_params, inception_variables = jax.device_put(self.frozen, sharding)
+    def place(self, mesh) -> "Evaluators":
+        """The same evaluators with their weights replicated over `mesh` once."""
+        lpips_params, inception_variables = parallel.replicate(self.frozen, mesh)
         return dataclasses.replace(self, lpips_params=lpips_params, inception_variables=inception_variables)
 
 

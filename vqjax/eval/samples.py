@@ -55,7 +55,7 @@ def generation_metrics(model: Transformer, params, tokenizer, *, sampling_cfg, d
     if not inception_path:
         return {"skipped": {"fid": "no FID Inception weights (config.evals.inception_path); make them with "
                                    "`python -m vqjax.convert inception`"}}
-    variables = jax.device_put(inception_lib.load_variables(inception_path), parallel.replicated(mesh))
+    variables = parallel.replicate(inception_lib.load_variables(inception_path), mesh)
     batch = int(data_cfg.eval_batch_size)
     num_batches = -(-int(num_samples) // batch)
     rng = jax.random.fold_in(jax.random.key(int(sampling_cfg.seed)), 2)

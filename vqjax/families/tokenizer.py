@@ -105,8 +105,7 @@ class TokenizerFamily(Family):
                                                               int(config.data.batch_size))}
         self.compiler_options = parallel.step_compiler_options(config.train.get("cpu_convolutions", "ynnpack"))
         lpips_path = config.evals.get("lpips_path", "") or config.get("loss", {}).get("lpips_path", "")
-        self.evaluators = recon_eval.load_evaluators(lpips_path, config.evals.get("inception_path", "")).place(
-            parallel.replicated(mesh))
+        self.evaluators = recon_eval.load_evaluators(lpips_path, config.evals.get("inception_path", "")).place(mesh)
         self._compiled = {}
         self._code_bits = None
 

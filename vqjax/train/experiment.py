@@ -52,7 +52,7 @@ def prepare(config, workdir: str, devices=None) -> tuple[str, jax.sharding.Mesh]
 
 
 def load_init_from(path: str, family: Family, abstract_state: TrainState, fresh_state: TrainState,
-                   params_ema_decay: float) -> tuple[TrainState, list[str]]:
+                   params_ema_decay: float, mesh) -> tuple[TrainState, list[str]]:
     """`config.init_from`: the parameters of another run's (or a converted model's) latest
     checkpoint, and the `extra` entries the family carries over (`Family.init_from_extra`).
     Read as saved, so the other run may have used another optimizer; the optimizer state and
@@ -78,10 +78,10 @@ def load_init_from(path: str, family: Family, abstract_state: TrainState, fresh_
         elif required:
             raise ValueError(f"The checkpoint at step {step} in {path} (config.init_from) does not fit this "
                              f"config ({problem}); use the quantizer settings it was trained with.")
-    shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
-    params = jax.device_put(checkpoints.restructure(saved["params"], abstract_state.params), shardings.params)
+    # The state is replicated (vqjax.core.parallel); through host memory, as on several hosts.
+    params = parallel.replicate(checkpoints.restructure(saved["params"], abstract_state.params), mesh)
     state = fresh_state.replace(
-        params=params, extra=jax.device_put(extra, shardings.extra),
+        params=params, extra=parallel.replicate(extra, mesh),
         # The weight average, if any, restarts from the loaded weights too.
         ema_params=optim.init_ema_params(params, params_ema_decay))
     return state, sorted(loaded)
@@ -98,7 +98,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None, **family_kwargs: A
     options = family.compiler_options
 
     # --- Compiled step and state: the workdir's latest checkpoint, else init_from, else fresh.
-    frozen = jax.device_put(family.frozen, replicated)
+    frozen = parallel.replicate(family.frozen, mesh)
     compiled_step = jax.jit(family.train_step, donate_argnums=0, out_shardings=(replicated, replicated),
                             compiler_options=options)
     train_step = lambda state, batch: compiled_step(state, batch, *frozen)
@@ -118,7 +118,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None, **family_kwargs: A
         state = create(init_rng, example)
         if config.get("init_from"):
             state, loaded = load_init_from(config.init_from, family, abstract_state, state,
-                                           float(config.optim.get("params_ema_decay", 0.0)))
+                                           float(config.optim.get("params_ema_decay", 0.0)), mesh)
             notes.append(f"initialised {', '.join(loaded)} from {config.init_from}")
     start_step, num_steps = int(state.step), int(config.train.num_steps)
     if is_main:
