@@ -1,10 +1,11 @@
 """Two processes on one machine, as hosts of a pod: `jax.distributed` with a localhost
-coordinator, CPU collectives (gloo), 2 processes x 2 CPU devices, launched by the entry point
-with `--multihost`.
-
-The run is preempted by a SIGTERM to one process only, and resumed: both processes must save
-the same step and exit, and the resumed run must end where one uninterrupted process with 4
-devices does (the same global batches, so the same losses, codebook and metrics).
+coordinator, CPU collectives (gloo), 2 processes x 2 CPU devices, launched by the entry points
+with `--multihost`. Each family's two-process run must end where one process with 4 devices
+does (the same global batches, so the same losses, codebook and metrics):
+  - VQ-VAE: preempted by a SIGTERM to one process only (both must save the same step and exit),
+    then resumed;
+  - prior: both processes encode the code maps together, process 0 caches them;
+  - VQGAN: discriminator, batch-norm statistics, EMA codebook and weight average.
 """
 
 import json
@@ -127,5 +128,18 @@ def test_two_processes_train_a_prior_as_one_process_does(trained_vqgan, tmp_path
     assert sorted(os.listdir(os.path.join(workdir, "tokens"))) == sorted(os.listdir(os.path.join(single_dir, "tokens")))
     two, one = _metrics(workdir), _metrics(single_dir)
     assert set(two) == set(one) and "bits_per_token" in one, sorted(one)
+    for key in one:
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+def test_two_processes_train_a_vqgan_as_one_process_does(trained_vqgan, tmp_path):
+    """The VQGAN family (discriminator, batch-norm statistics, EMA codebook, weight average):
+    the shared one-process run of tests/conftest.py, on two processes."""
+    _, single_dir, _ = trained_vqgan
+    workdir = str(tmp_path / "two")
+    _wait(_launch(workdir, _free_port(), str(tmp_path), "vqgan", "experiments.vqgan", "vqgan_quickstart",
+                  {"optim.params_ema_decay": 0.5}), str(tmp_path), "vqgan")
+    two, one = _metrics(workdir), _metrics(single_dir)
+    assert set(two) == set(one) and "d_loss" in one, sorted(one)
     for key in one:
         np.testing.assert_allclose(two[key], one[key], rtol=1e-4, atol=1e-6, err_msg=key)
