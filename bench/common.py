@@ -3,6 +3,8 @@ bench/ on the path)."""
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
 import time
 from typing import Any, Callable
@@ -30,3 +32,11 @@ def xla_memory_mb(compiled) -> float:
         return float("nan")
     return (stats.argument_size_in_bytes + stats.output_size_in_bytes
             + stats.temp_size_in_bytes - stats.alias_size_in_bytes) / 2**20
+
+
+def write_json(path: str, report: dict) -> None:
+    """A benchmark's figures as JSON (the --json flag)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"wrote {path}")

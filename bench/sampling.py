@@ -15,7 +15,6 @@ and with the config's top-k. codes/s counts sampled code indices (batch x positi
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import types
@@ -33,7 +32,7 @@ from ml_collections import config_flags
 
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from common import median_seconds  # pylint: disable=wrong-import-position
+from common import median_seconds, write_json  # pylint: disable=wrong-import-position
 from vqjax.core import optim  # pylint: disable=wrong-import-position
 from vqjax.families.prior import PriorFamily  # pylint: disable=wrong-import-position
 from vqjax.nets import build as nets  # pylint: disable=wrong-import-position
@@ -183,10 +182,7 @@ def main(argv):
                   report["vqjax_gpt_codes_per_sec"] / report["taming_sample_with_past_codes_per_sec"],
                   report["vqjax_gpt_train_maps_per_sec"] / report["taming_gpt_train_maps_per_sec"]))
     if _JSON.value:
-        os.makedirs(os.path.dirname(os.path.abspath(_JSON.value)), exist_ok=True)
-        with open(_JSON.value, "w") as f:
-            json.dump(report, f, indent=1)
-        print(f"wrote {_JSON.value}")
+        write_json(_JSON.value, report)
 
 
 if __name__ == "__main__":

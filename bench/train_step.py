@@ -41,7 +41,6 @@ discriminator, the rest).
 from __future__ import annotations
 
 import copy
-import json
 import os
 import sys
 import time
@@ -64,7 +63,7 @@ from ml_collections import config_flags
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import op_profile  # pylint: disable=wrong-import-position
-from common import median_seconds, xla_memory_mb  # pylint: disable=wrong-import-position
+from common import median_seconds, write_json, xla_memory_mb  # pylint: disable=wrong-import-position
 from vqjax import families  # pylint: disable=wrong-import-position
 from vqjax.core import optim, parallel  # pylint: disable=wrong-import-position
 from vqjax.nets import lpips  # pylint: disable=wrong-import-position
@@ -344,10 +343,7 @@ def main(argv):
         op_profile.print_table({name: profile["by_part"] for name, profile in columns.items()
                                 if not name.startswith("taming")}, op_profile.PARTS)
     if _JSON.value:
-        os.makedirs(os.path.dirname(os.path.abspath(_JSON.value)), exist_ok=True)
-        with open(_JSON.value, "w") as f:
-            json.dump(report, f, indent=1)
-        print(f"wrote {_JSON.value}")
+        write_json(_JSON.value, report)
 
 
 if __name__ == "__main__":
