@@ -95,6 +95,21 @@ def test_training_order_is_deterministic_and_resumable():
     assert not np.array_equal(other_seed["image"], first[0]["image"])
 
 
+def test_a_resume_far_into_training_reads_nothing_before_it(image_folder):
+    """Step 10^12 of a folder's stream (10^12 x 3 images in) is computed, not reached by
+    skipping: it comes at once, and it is the batch that its epoch's permutation puts there."""
+    root, pixels = image_folder
+    cfg = _cfg(source="folder", path=str(root), image_size=8, crop="center", random_flip=False, batch_size=3)
+    step = 10 ** 12
+    batch = next(data.make_dataset(cfg, "train", start_step=step))
+    # Global position 3 * 10^12 is record 3 of its epoch (3 batches of 3 per epoch of 9 images).
+    offset = (3 * step) % 9
+    epoch = _take(data.make_dataset(cfg, "train", start_step=step - offset // 3), 3)
+    np.testing.assert_array_equal(batch["image"], epoch[offset // 3]["image"])
+    expected = sorted((image.astype(np.float32) / 127.5 - 1).tobytes() for image in pixels.values())
+    assert sorted(x.tobytes() for b in epoch for x in b["image"]) == expected  # each image once
+
+
 def test_epochs_reshuffle_and_cover_the_data(image_folder):
     root, _ = image_folder
     cfg = _cfg(source="folder", path=str(root), image_size=8, crop="center", random_flip=False, batch_size=3)

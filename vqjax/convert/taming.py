@@ -23,10 +23,8 @@ checkpoint stops with the tensor's name and both shapes instead of leaving weigh
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
 from typing import Any, Callable
 
 import jax
@@ -34,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vqjax import quantizers
-from vqjax.core import checkpoints
+from vqjax.core import checkpoints, paths
 from vqjax.families import defaults
 from vqjax.nets import build as nets
 from vqjax.convert.lpips import lpips_params_from_torch
@@ -67,10 +65,9 @@ def read_yaml(path: str) -> dict:
         import yaml
     except ImportError:
         raise SystemExit("Reading the YAML config needs PyYAML: pip install 'vqjax[interop]'.") from None
-    if not os.path.isfile(path):
+    if not paths.is_file(path):
         raise ValueError(f"--config {path} is not a file.")
-    with open(path) as f:
-        raw = yaml.safe_load(f)
+    raw = yaml.safe_load(paths.read_text(path))
     model = raw.get("model", raw) if isinstance(raw, dict) else None
     if not isinstance(model, dict) or "ddconfig" not in model.get("params", {}):
         raise ValueError(f"{path} has no model.params.ddconfig; pass the YAML config the checkpoint "
@@ -295,8 +292,8 @@ def convert_state(state: dict, config, *, with_loss: bool = True, disc_importabl
 def convert_checkpoint(ckpt: str, config_path: str, out: str, *, with_loss: bool = True,
                        overwrite: bool = False) -> str:
     """Writes the model directory `out`; returns a summary line for the command."""
-    existing = os.path.join(out, "checkpoints")
-    if os.path.isdir(existing) and os.listdir(existing) and not overwrite:
+    existing = paths.join(out, "checkpoints")
+    if existing.is_dir() and any(existing.iterdir()) and not overwrite:
         raise ValueError(f"{out} already holds a model; pass --overwrite to replace it, or choose "
                          "another --out.")
     config, notes, disc_importable = vqjax_config(read_yaml(config_path))
@@ -304,14 +301,13 @@ def convert_checkpoint(ckpt: str, config_path: str, out: str, *, with_loss: bool
                          disc_importable=disc_importable, source=ckpt)
     # Only a conversion that succeeded replaces the old model; config.json goes first, so a
     # kill in between leaves a directory that loads as "no model" rather than a mixed one.
-    if os.path.isdir(existing):
-        if os.path.exists(os.path.join(out, "config.json")):
-            os.remove(os.path.join(out, "config.json"))
-        shutil.rmtree(existing)
-    os.makedirs(out, exist_ok=True)
+    if existing.is_dir():
+        paths.remove_tree(paths.join(out, "config.json"))
+        paths.remove_tree(existing)
+    paths.makedirs(out)
     perceptual = tree.pop("lpips", None)
     if perceptual is not None:
-        config.loss.lpips_path = os.path.join(os.path.abspath(out), "lpips.msgpack")
+        config.loss.lpips_path = os.fspath(paths.join(out, "lpips.msgpack"))
         save_params(perceptual, config.loss.lpips_path)
     if with_loss and "disc_params" not in tree["extra"]:
         notes.append("no discriminator imported: fine-tuning from this directory trains one from scratch.")
@@ -320,10 +316,9 @@ def convert_checkpoint(ckpt: str, config_path: str, out: str, *, with_loss: bool
     checkpoints.write_config(out, config)
     count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree["params"]["net"]))
     imported = ["autoencoder", "quantizer"] + [k for k in ("disc_params", "disc_batch_stats") if k in tree["extra"]]
-    with open(os.path.join(out, "conversion.json"), "w") as f:
-        json.dump({"ckpt": os.path.abspath(ckpt), "config": os.path.abspath(config_path),
-                   "imported": imported + (["lpips"] if perceptual is not None else []),
-                   "notes": notes}, f, indent=2)
+    paths.write_json(paths.join(out, "conversion.json"),
+                     {"ckpt": os.fspath(paths.resolve(ckpt)), "config": os.fspath(paths.resolve(config_path)),
+                      "imported": imported + (["lpips"] if perceptual is not None else []), "notes": notes})
     lines = [f"Wrote {out}: {count:,} autoencoder parameters, {config.quantizer.num_codes} codes "
              f"({config.quantizer.kind}), imported {', '.join(imported)}"
              + (" and LPIPS" if perceptual is not None else "") + "."]

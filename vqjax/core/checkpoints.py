@@ -8,13 +8,13 @@ no optimizer state).
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any, Optional
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+
+from vqjax.core import paths
 
 
 def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
@@ -23,7 +23,7 @@ def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
         enable_async_checkpointing=True,
         create=True,
     )
-    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+    return ocp.CheckpointManager(paths.join(workdir, "checkpoints"),
                                  options=options, item_handlers=ocp.StandardCheckpointHandler())
 
 
@@ -86,9 +86,9 @@ def restructure(saved: Any, like: Any) -> Any:
 def read_latest(workdir: str, what: str) -> tuple[int, dict]:
     """(step, saved tree of arrays on one device) of the newest checkpoint in `workdir`; `what` names
     the setting that pointed here, for the error sentence."""
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    directory = paths.join(workdir, "checkpoints")
     step = None
-    if os.path.isdir(directory):
+    if directory.is_dir():
         manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
                                         item_handlers=ocp.StandardCheckpointHandler())
         step = manager.latest_step()
@@ -109,12 +109,11 @@ def read_latest(workdir: str, what: str) -> tuple[int, dict]:
 def read_config(workdir: str) -> ml_collections.ConfigDict:
     """The `config.json` a training run or a converter wrote, with lists back as tuples
     (module fields must be hashable)."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    path = paths.join(workdir, "config.json")
+    if not path.is_file():
         raise ValueError(f"{workdir} has no config.json; it is neither a vqjax workdir nor a "
                          "directory written by `python -m vqjax.convert taming`.")
-    with open(path) as f:
-        raw = json.load(f)
+    raw = paths.read_json(path)
 
     def tuples(node):
         if isinstance(node, dict):
@@ -125,15 +124,4 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-    tmp = os.path.join(workdir, "config.json.tmp")
-    with open(tmp, "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    os.replace(tmp, os.path.join(workdir, "config.json"))
-
-
-def write_json(path: str, payload: Any) -> None:
-    """Written to a temporary file and renamed, so a crash never leaves half a file."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    paths.write_text(paths.join(workdir, "config.json"), config.to_json_best_effort(indent=2, sort_keys=True))

@@ -4,9 +4,10 @@ TensorBoard."""
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
+
+from vqjax.core import paths
 
 
 def to_uint8(images) -> np.ndarray:
@@ -32,9 +33,8 @@ def image_grid(rows: list, min_tile: int = 64) -> np.ndarray:
 
 
 def save_png(path: str, array: np.ndarray) -> None:
-    """Written to a temporary file and renamed, so a kill never leaves half an image."""
+    """Written whole or not at all (vqjax.core.paths), locally or in a bucket."""
     from PIL import Image
 
-    tmp = path + ".tmp.png"
-    Image.fromarray(array).save(tmp)
-    os.replace(tmp, path)
+    with paths.atomic_writer(path) as f:
+        Image.fromarray(array).save(f, format="PNG")

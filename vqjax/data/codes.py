@@ -17,6 +17,7 @@ a resumed run sees the batches an uninterrupted one would; `eval_batches` is one
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from typing import Iterator
@@ -25,7 +26,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from vqjax.core import parallel
+from vqjax.core import parallel, paths
 from vqjax.data import images as data_lib
 
 # The data settings that change which code maps a split gives.
@@ -33,7 +34,7 @@ _DATA_FIELDS = ("source", "name", "path", "data_dir", "image_size", "channels", 
 
 
 def describe(tokenizer, tokenizer_dir: str, data_cfg, split: str, flip: bool, limit: int) -> dict:
-    return {"tokenizer_dir": os.path.abspath(tokenizer_dir), "tokenizer_step": tokenizer.step,
+    return {"tokenizer_dir": os.fspath(paths.resolve(tokenizer_dir)), "tokenizer_step": tokenizer.step,
             "split": split, "flip": bool(flip), "limit": int(limit),
             **{k: data_cfg.get(k) for k in _DATA_FIELDS}}
 
@@ -68,18 +69,17 @@ def encode_split(tokenizer, data_cfg, split: str, *, flip: bool, batch_size: int
 
 
 def cache_path(workdir: str, split: str, flip: bool) -> str:
-    return os.path.join(workdir, "tokens", f"{split}{'_flip' if flip else ''}.npz")
+    return os.fspath(paths.join(workdir, "tokens", f"{split}{'_flip' if flip else ''}.npz"))
 
 
 def _save(path: str, arrays: dict, description: dict) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays, description=np.asarray(json.dumps(description, sort_keys=True)))
-    os.replace(tmp, path)  # a killed encoding leaves no half-written cache
+    with paths.atomic_writer(path) as f:  # a killed encoding leaves no half-written cache
+        np.savez(f, **arrays, description=np.asarray(json.dumps(description, sort_keys=True)))
 
 
 def _load(path: str, description: dict) -> dict:
-    with np.load(path) as saved:
+    # allow_pickle=False (numpy's default, said here): loading a cache never runs code from it.
+    with np.load(io.BytesIO(paths.read_bytes(path)), allow_pickle=False) as saved:
         made_by = json.loads(str(saved["description"]))
         if made_by != description:
             changed = sorted(k for k in set(made_by) | set(description) if made_by.get(k) != description.get(k))
@@ -96,12 +96,12 @@ def cached_codes(workdir: str, tokenizer, tokenizer_dir: str, data_cfg, split: s
     """The code maps of `split`, read from the workdir's cache, or encoded and cached."""
     path = cache_path(workdir, split, flip)
     description = describe(tokenizer, tokenizer_dir, data_cfg, split, flip, limit)
-    cached = os.path.exists(path)
+    cached = paths.exists(path)
     if jax.process_count() > 1:
         # Every process takes process 0's branch: encoding runs collectives over all of them,
         # so one that loads while the others encode would leave them waiting.
         cached = bool(multihost_utils.broadcast_one_to_all(np.int32(cached)))
-        if cached and not os.path.exists(path):
+        if cached and not paths.exists(path):
             raise FileNotFoundError(
                 f"Process 0 found the cached code maps {path} but process {jax.process_index()} does "
                 "not: --workdir must be storage that every host shares (a gs:// bucket, NFS).")

@@ -5,22 +5,29 @@ numpy batches `{'image': float32 [b, H, W, C] in [-1, 1], 'label': int32 [b]}` w
 b = global batch / process count; evaluation batches also carry `mask` (1 for real
 examples, 0 for padding) so that every process sees the same number of static-shape batches.
 
-Training order is a pure function of (seed, step), whatever the number of processes: records
-are shuffled with a fixed seed into one global stream, each process decodes its rows of every
-global batch, augmentations use stateless ops keyed by the record's global position, and a
-run resumed at step k skips k global batches of *undecoded* records, so it sees the same
-images as an uninterrupted run at little cost.
+Training order is a pure function of (seed, step), whatever the number of processes: one global
+stream of records, each process decodes its rows of every global batch, and augmentations use
+stateless ops keyed by the record's global position. Image folders and the embedded dataset are
+tables read by record number: epoch e visits them in a permutation keyed by (seed, e)
+(`tf.random.experimental.index_shuffle`), so a run resumed at step k computes which records
+come next and reads nothing before them. TFDS' TFRecord shards can only be read in order: they
+are shuffled through a buffer, and a resumed run skips k global batches of undecoded records.
+
+Paths may be local or in a bucket (vqjax.core.paths).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import tensorflow as tf
+
+from vqjax.core import paths
 
 # tf.data only feeds the host; it must not take accelerator memory from JAX.
 tf.config.set_visible_devices([], "GPU")
@@ -43,8 +50,23 @@ class DatasetError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------
-# Sources: each returns (tf.data.Dataset of {'image': ..., 'label': ...} records in a fixed
-# order, number of records, decode function record['image'] -> uint8 [h, w, c]).
+# Sources.
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A split's `count` records {'image', 'label'} in a fixed order, and `decode`:
+    record['image'] -> uint8 [h, w, c]. Records are either a `table` of arrays indexed by record
+    number (any position of the training stream is found without reading the others) or a
+    `dataset` that can only be read in order."""
+
+    count: int
+    decode: Callable
+    table: Optional[dict] = None
+    dataset: Optional[tf.data.Dataset] = None
+
+    def in_order(self) -> tf.data.Dataset:
+        return self.dataset if self.table is None else tf.data.Dataset.from_tensor_slices(self.table)
 
 
 def _decode_encoded(channels: int):
@@ -116,47 +138,52 @@ def embedded_images(split: str, image_size: int = 32) -> tuple[np.ndarray, np.nd
 
 def _embedded_source(cfg, split):
     images, labels = embedded_images(split, cfg.image_size)
-    ds = tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
-    return ds, len(images), _decode_raw(cfg.channels)
+    return Source(len(images), _decode_raw(cfg.channels), table={"image": images, "label": labels})
 
 
 @functools.lru_cache(maxsize=None)
 def list_image_folder(path: str, split: str) -> tuple[tuple[str, ...], tuple[int, ...], tuple[str, ...]]:
     """Image files under `path/split`, sorted, labelled by class sub-folder (ImageFolder layout)."""
-    root = os.path.join(path, split)
-    if not os.path.isdir(root):
+    root = paths.join(path, split)
+    if not root.is_dir():
         raise DatasetError(
-            f"No folder {root!r}: an image-folder dataset needs {path}/{split}/ holding images "
-            f"(or one sub-folder of images per class); set config.data.path to its parent."
+            f"No folder {os.fspath(root)!r}: an image-folder dataset needs {path}/{split}/ holding "
+            "images (or one sub-folder of images per class); set config.data.path to its parent."
         )
-    entries = sorted(os.listdir(root))
-    class_names = tuple(e for e in entries if os.path.isdir(os.path.join(root, e)))
+    entries = sorted(root.iterdir(), key=os.fspath)
+    class_dirs = [e for e in entries if e.is_dir()]
     files, labels = [], []
-    if class_names:
-        for label, name in enumerate(class_names):
-            for dirpath, _, filenames in sorted(os.walk(os.path.join(root, name))):
-                for filename in sorted(filenames):
-                    if filename.lower().endswith(IMAGE_EXTENSIONS):
-                        files.append(os.path.join(dirpath, filename))
-                        labels.append(label)
+    if class_dirs:
+        for label, class_dir in enumerate(class_dirs):
+            found = [f for f in paths.list_files(class_dir) if f.name.lower().endswith(IMAGE_EXTENSIONS)]
+            files += found
+            labels += [label] * len(found)
     else:
-        files = [os.path.join(root, e) for e in entries if e.lower().endswith(IMAGE_EXTENSIONS)]
+        files = [e for e in entries if e.name.lower().endswith(IMAGE_EXTENSIONS)]
         labels = [0] * len(files)
     if not files:
         raise DatasetError(
-            f"Found no images ({', '.join(IMAGE_EXTENSIONS)}) under {root!r}; put the {split} "
-            "images there, directly or in one sub-folder per class."
+            f"Found no images ({', '.join(IMAGE_EXTENSIONS)}) under {os.fspath(root)!r}; put the "
+            f"{split} images there, directly or in one sub-folder per class."
         )
-    return tuple(files), tuple(labels), class_names
+    return tuple(map(os.fspath, files)), tuple(labels), tuple(d.name for d in class_dirs)
+
+
+def _read_file(filename):
+    """A file's bytes in a tf.data map: TensorFlow reads local files itself (in parallel,
+    without Python); a bucket's objects come through the path layer."""
+    return tf.numpy_function(lambda name: paths.read_bytes(name.decode()), [filename], tf.string,
+                             stateful=False)
 
 
 def _folder_source(cfg, split):
     if not cfg.path:
         raise DatasetError("config.data.source='folder' needs config.data.path, the folder holding train/ and test/.")
-    files, labels, _ = list_image_folder(os.path.expanduser(cfg.path), split)
-    ds = tf.data.Dataset.from_tensor_slices({"image": list(files), "label": list(labels)})
+    files, labels, _ = list_image_folder(cfg.path, split)
     decode_bytes = _decode_encoded(cfg.channels)
-    return ds, len(files), lambda filename: decode_bytes(tf.io.read_file(filename))
+    read = _read_file if paths.is_uri(cfg.path) else tf.io.read_file
+    table = {"image": np.asarray(files), "label": np.asarray(labels, np.int32)}
+    return Source(len(files), lambda filename: decode_bytes(read(filename)), table=table)
 
 
 def _tfds_source(cfg, split):
@@ -167,7 +194,7 @@ def _tfds_source(cfg, split):
         builder = tfds.builder(cfg.name, data_dir=data_dir)
     except Exception as err:
         raise DatasetError(f"TFDS has no dataset named {cfg.name!r} ({err}); check config.data.name.") from err
-    if not tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json")):
+    if not paths.exists(paths.join(builder.data_dir, "dataset_info.json")):
         raise DatasetError(
             f"TFDS dataset {cfg.name!r} is not prepared in {builder.data_dir}; prepare it once "
             f"with `tfds build {cfg.name}` (or `python -c \"import tensorflow_datasets as tfds; "
@@ -187,7 +214,7 @@ def _tfds_source(cfg, split):
     )
     has_label = "label" in builder.info.features
     ds = ds.map(lambda r: {"image": r["image"], "label": tf.cast(r["label"], tf.int32) if has_label else 0})
-    return ds, builder.info.splits[split].num_examples, _decode_encoded(cfg.channels)
+    return Source(builder.info.splits[split].num_examples, _decode_encoded(cfg.channels), dataset=ds)
 
 
 SOURCES = {"embedded": _embedded_source, "folder": _folder_source, "tfds": _tfds_source}
@@ -292,7 +319,7 @@ def make_dataset(
     local_batch = local_batch_size(batch_size, process_count)
     train = (split == cfg.train_split) if train is None else train
     seed = int(cfg.seed)
-    ds, count, decode = _source(cfg, split)
+    source = _source(cfg, split)
     description = _describe(cfg, split)
 
     options = tf.data.Options()
@@ -301,28 +328,52 @@ def make_dataset(
 
     def own_rows(ds):
         """A process keeps its rows of every global batch (`local_batch` of them from
-        `process_index * local_batch`), before anything is decoded."""
+        `process_index * local_batch`), before anything is read or decoded."""
         if process_count == 1:
             return ds
-        return ds.filter(lambda position, _: (position % batch_size) // local_batch == process_index)
+        return ds.filter(lambda position, *_: (position % batch_size) // local_batch == process_index)
 
-    # One global stream, the same on every process (the same shuffle seed), cut into global
-    # batches of which each process decodes its rows. So a step's global batch, each record's
-    # augmentation (keyed by its global position) and the order of an evaluation pass do not
-    # depend on the number of processes: 2 hosts x 2 devices see what 1 host x 4 devices sees.
+    # One global stream, the same on every process, cut into global batches of which each
+    # process decodes its rows. So a step's global batch, each record's augmentation (keyed by
+    # its global position) and the order of an evaluation pass do not depend on the number of
+    # processes: 2 hosts x 2 devices see what 1 host x 4 devices sees.
+    preprocess = _preprocess(cfg, source.decode, train, seed)
     if train:
-        ds = ds.shuffle(min(int(cfg.shuffle_buffer), count), seed=seed, reshuffle_each_iteration=True).repeat()
-        ds = own_rows(ds.enumerate().skip(start_step * batch_size))
-        ds = ds.map(_preprocess(cfg, decode, True, seed), num_parallel_calls=tf.data.AUTOTUNE)
+        start = start_step * batch_size
+        if source.table is not None:
+            ds = own_rows(tf.data.Dataset.range(start, _ENDLESS)).map(_record_at(source, seed))
+        else:
+            ds = source.dataset.shuffle(min(int(cfg.shuffle_buffer), source.count), seed=seed,
+                                        reshuffle_each_iteration=True).repeat()
+            ds = own_rows(ds.enumerate().skip(start))
+        ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.batch(local_batch, drop_remainder=True).prefetch(2).with_options(options)
         return _numpy_batches(ds, description)
 
-    ds = own_rows(ds.enumerate()).map(_preprocess(cfg, decode, False, seed), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = own_rows(source.in_order().enumerate()).map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(local_batch).prefetch(2).with_options(options)
-    num_batches = math.ceil(count / batch_size)
+    num_batches = math.ceil(source.count / batch_size)
     empty = {"image": np.zeros((0, cfg.image_size, cfg.image_size, cfg.channels), np.float32),
              "label": np.zeros((0,), np.int32)}
     return _padded_batches(_numpy_batches(ds, description), num_batches, local_batch, empty)
+
+
+_ENDLESS = 2 ** 62  # positions of an endless training stream
+
+
+def _record_at(source: Source, seed: int):
+    """position -> (position, record) of a table source: epoch e = position // count visits the
+    records in the permutation keyed by (seed, e), computed for that position alone."""
+    table = {k: tf.convert_to_tensor(v) for k, v in source.table.items()}
+    max_index = tf.constant(source.count - 1, tf.int64)
+
+    def fn(position):
+        epoch, offset = position // source.count, position % source.count
+        index = tf.random.experimental.index_shuffle(offset, seed=tf.stack([tf.constant(seed, tf.int64), epoch]),
+                                                     max_index=max_index)
+        return position, {k: tf.gather(v, index) for k, v in table.items()}
+
+    return fn
 
 
 def _describe(cfg, split: str) -> str:

@@ -8,7 +8,7 @@ import os
 import jax
 import ml_collections
 
-from vqjax.core import checkpoints, parallel
+from vqjax.core import parallel, paths
 from vqjax.data import codes as codes_lib, images as data_lib
 from vqjax.eval import likelihood, reconstruction, samples
 from vqjax.inference import legacy, prior as prior_inference, tokenizer as tokenizer_lib
@@ -34,11 +34,10 @@ def evaluate_model(config, *, devices=None) -> dict:
         result = evaluate_prior(config, devices=devices)
     else:
         result = evaluate_tokenizer(config, devices=devices)
-    result["model_dir"] = os.path.abspath(config.model_dir)
-    out = config.out or os.path.join(config.model_dir, "eval")
+    result["model_dir"] = os.fspath(paths.resolve(config.model_dir))
+    out = config.out or paths.join(config.model_dir, "eval")
     if jax.process_index() == 0:
-        os.makedirs(out, exist_ok=True)
-        checkpoints.write_json(os.path.join(out, "eval.json"), result)
+        paths.write_json(paths.join(out, "eval.json"), result)
     return result
 
 

@@ -77,6 +77,7 @@ def vqvae_base() -> ml_collections.ConfigDict:
         eval_steps=5_000,
         ckpt_steps=5_000,
         keep_checkpoints=3,
+        tensorboard=True,  # event files in <workdir>/tensorboard (TensorFlow writes them, buckets too)
         # On a CPU, which convolutions the jits use: 'ynnpack' (XLA's default) or 'xla' (its
         # own path, vqjax.parallel.compiler_options). Which is faster depends on the network:
         # 'xla' for the taming autoencoder on 32x32 images, 'ynnpack' for the VQ-VAE
@@ -215,7 +216,7 @@ def prior_base(kind: str) -> ml_collections.ConfigDict:
         params_ema_decay=0.0,
     )
     config.train = dict(num_steps=100_000, log_steps=100, eval_steps=5_000, ckpt_steps=5_000,
-                        keep_checkpoints=3)
+                        keep_checkpoints=3, tensorboard=True)
     config.evals = dict(
         num_eval_batches=-1,
         # FID / IS / KID of num_fid_samples samples against as many eval images, with the FID

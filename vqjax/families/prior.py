@@ -18,7 +18,6 @@ their completions, for a centre hole and a kept centre).
 from __future__ import annotations
 
 import math
-import os
 import time
 from typing import Iterator
 
@@ -27,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vqjax.core import images as images_lib, optim, parallel
+from vqjax.core import images as images_lib, optim, parallel, paths
 from vqjax.data import codes as codes_lib, images as data_lib
 from vqjax.eval import likelihood, samples as samples_eval
 from vqjax.eval.likelihood import token_nll
@@ -180,11 +179,11 @@ class PriorFamily(Family):
         write = jax.process_index() == 0
         grid = images_lib.image_grid(self.sample_rows(params))
         if write:
-            images_lib.save_png(os.path.join(workdir, "samples.png"), grid)
+            images_lib.save_png(paths.join(workdir, "samples.png"), grid)
         if not self.model.causal:
             grid = images_lib.image_grid(self.inpainting_rows(params))
             if write:
-                images_lib.save_png(os.path.join(workdir, "inpainting.png"), grid)
+                images_lib.save_png(paths.join(workdir, "inpainting.png"), grid)
         return samples_eval.generation_metrics(
             self.model, params, self.tokenizer, sampling_cfg=self.sampling_cfg, data_cfg=self.data_cfg,
             inception_path=self.evals_cfg.inception_path, num_samples=int(self.evals_cfg.num_fid_samples),

@@ -8,7 +8,6 @@ usage). The functions here are pure and close over the model and the quantizer o
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Iterator, Optional
 
 import jax
@@ -16,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vqjax import quantizers
-from vqjax.core import images as images_lib, optim, parallel
+from vqjax.core import images as images_lib, optim, parallel, paths
 from vqjax.data import images as data_lib
 from vqjax.eval import reconstruction as recon_eval
 from vqjax.families.base import Family
@@ -170,7 +169,7 @@ class TokenizerFamily(Family):
         """reconstructions.png: originals (top row) above their reconstructions."""
         grid = images_lib.image_grid(self.reconstruction_rows(state))
         if jax.process_index() == 0:
-            images_lib.save_png(os.path.join(workdir, "reconstructions.png"), grid)
+            images_lib.save_png(paths.join(workdir, "reconstructions.png"), grid)
         return {}
 
     def describe(self, state: TrainState, num_devices: int) -> str:

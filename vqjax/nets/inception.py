@@ -17,13 +17,13 @@ names are PyTorch's (`Conv2d_1a_3x3/conv`, `Mixed_5b/branch1x1/bn`, ..., `fc`).
 from __future__ import annotations
 
 import functools
-import os
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import struct
 
+from vqjax.core import paths
 from vqjax.nets import weights_file
 from vqjax.nets.conv import Conv
 
@@ -222,6 +222,6 @@ def load_variables(path: str) -> dict:
     """`{"params", "batch_stats"}` from a file of the converter; a missing or wrong file is one sentence."""
     if not path:
         raise ValueError(f"The FID InceptionV3 needs a weights file but the path is empty; {_HOW}.")
-    if not os.path.isfile(path):
+    if not paths.is_file(path):
         raise ValueError(f"The FID InceptionV3 weights path {path!r} is not a file; {_HOW}.")
     return weights_file.read(path, abstract_variables(), "InceptionV3", _HOW)

@@ -14,12 +14,12 @@ parameters, `{"vgg": {"conv1_1": {"kernel", "bias"}, ...}, "lin_0": {"kernel"}, 
 
 from __future__ import annotations
 
-import os
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vqjax.core import paths
 from vqjax.nets import weights_file
 from vqjax.nets.conv import Conv
 
@@ -91,7 +91,7 @@ def load_params(path: str) -> dict:
            "weights/v0.1/vgg.pth), or set config.loss.perceptual_weight=0")
     if not path:
         raise ValueError(f"The perceptual loss needs LPIPS weights but config.loss.lpips_path is empty; {how}.")
-    if not os.path.isfile(path):
+    if not paths.is_file(path):
         raise ValueError(f"config.loss.lpips_path is {path!r}, which is not a file; {how}.")
     expected = jax.eval_shape(LPIPS().init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
                               jnp.zeros((1, 32, 32, 3)))["params"]

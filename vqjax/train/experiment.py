@@ -21,7 +21,7 @@ import jax
 from absl import logging
 
 from vqjax import families
-from vqjax.core import checkpoints, parallel
+from vqjax.core import checkpoints, parallel, paths
 from vqjax.families.base import Family
 from vqjax.inference import legacy
 from vqjax.train import loop as loop_lib
@@ -44,8 +44,7 @@ def prepare(config, workdir: str, devices=None) -> tuple[str, jax.sharding.Mesh]
     mesh = parallel.make_mesh(devices)
     parallel.check_batch_size(config.data.batch_size, mesh)
     parallel.check_batch_size(config.data.eval_batch_size, mesh, "config.data.eval_batch_size")
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    workdir = os.fspath(paths.makedirs(workdir))  # absolute if local; a bucket URI as given
     if jax.process_index() == 0:
         checkpoints.write_config(workdir, config)
     return workdir, mesh
@@ -128,7 +127,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None, **family_kwargs: A
         logging.info(note)
 
     # --- The loop.
-    logger = loop_lib.Logger(workdir, num_steps, start_step)
+    logger = loop_lib.Logger(workdir, num_steps, start_step, bool(config.train.get("tensorboard", True)))
     logger.text(start_step, "config", "```\n" + json.dumps(json.loads(config.to_json_best_effort()), indent=2,
                                                           sort_keys=True) + "\n```")
     batches = (parallel.to_global(batch, mesh) for batch in family.train_batches(start_step))
@@ -157,7 +156,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None, **family_kwargs: A
     finally:
         manager.close()
     if is_main:
-        checkpoints.write_json(os.path.join(workdir, "metrics.json"), final)
+        paths.write_json(paths.join(workdir, "metrics.json"), final)
         skipped = f"; skipped: {', '.join(final['skipped'])}" if final.get("skipped") else ""
         print(f"vqjax: final {loop_lib.log_line(dict(sorted(final.items())))}{skipped}", flush=True)
     return final

@@ -20,6 +20,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from vqjax.core import paths
+
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN or infinite loss or gradient."""
@@ -40,15 +42,17 @@ def numeric_scalars(values: dict) -> dict:
 class Logger:
     """TensorBoard (process 0) plus a progress bar: scalars, text, images, lines."""
 
-    def __init__(self, workdir: str, num_steps: int, start_step: int):
+    def __init__(self, workdir: str, num_steps: int, start_step: int, tensorboard: bool = True):
         self.is_main = jax.process_index() == 0
         self.writer = None
         self.bar = None
         if self.is_main:
-            from flax.metrics import tensorboard
+            from flax.metrics import tensorboard as tensorboard_lib
             from tqdm.auto import tqdm
 
-            self.writer = tensorboard.SummaryWriter(os.path.join(workdir, "tensorboard"))
+            if tensorboard:
+                # TensorFlow's file system writes the events, local or in a bucket alike.
+                self.writer = tensorboard_lib.SummaryWriter(os.fspath(paths.join(workdir, "tensorboard")))
             self.bar = tqdm(total=num_steps, initial=start_step, unit="step", dynamic_ncols=True,
                             mininterval=5.0)
 
