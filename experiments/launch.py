@@ -10,6 +10,9 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initial
 _COORDINATOR = flags.DEFINE_string("coordinator_address", "", "With --multihost where JAX cannot detect the "
                                    "cluster: host:port of process 0's coordinator.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "With --coordinator_address: how many processes.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "Resume a workdir although the config changes its model, quantizer, "
+    "data or batch size (refused otherwise: the checkpoint's history would mean something else).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "With --coordinator_address: this process' index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -40,6 +43,6 @@ def run(family: str) -> None:
             parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
         elif _COORDINATOR.value:
             raise app.UsageError("--coordinator_address is for multi-process runs: add --multihost.")
-        experiment.train_and_evaluate(config, _WORKDIR.value)
+        experiment.train_and_evaluate(config, _WORKDIR.value, allow_config_change=_ALLOW_CONFIG_CHANGE.value)
 
     app.run(main)

@@ -280,6 +280,37 @@ def test_the_command_never_overwrites_a_model_silently(tmp_path):
     np.testing.assert_allclose(pretrained.load(str(tmp_path / "out")).codebook, first + 1.0, rtol=1e-6)
 
 
+def test_an_overwrite_that_fails_while_writing_keeps_the_old_model(tmp_path, monkeypatch):
+    """--overwrite writes the new model beside the old one and swaps: a conversion that dies
+    while writing (a full disk, a kill) leaves the old model loadable, and files of the user's
+    in the directory are never touched."""
+    from vqjax.core import checkpoints
+
+    _, yaml_model, state, _ = _build("ema")
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump({"model": yaml_model}))
+    torch.save(state, tmp_path / "model.pth")
+    out = tmp_path / "out"
+    args = ["taming", "--ckpt", str(tmp_path / "model.pth"), "--config", str(tmp_path / "model.yaml"), "--out", str(out)]
+    convert.main(args)
+    (out / "notes.txt").write_text("mine")
+    first = pretrained.load(str(out)).codebook
+
+    def disk_full(*_, **__):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoints, "save_tree", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        convert.main(args + ["--overwrite"])
+    np.testing.assert_array_equal(pretrained.load(str(out)).codebook, first)
+    monkeypatch.undo()
+    state["quantize.embedding.weight"] += 1.0
+    torch.save(state, tmp_path / "model.pth")
+    convert.main(args + ["--overwrite"])
+    np.testing.assert_allclose(pretrained.load(str(out)).codebook, first + 1.0, rtol=1e-6)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pth", "model.yaml", "out"]
+
+
 def test_a_converted_model_is_a_starting_point_for_init_from(tmp_path):
     """The model directory is a workdir: `config.init_from` gives a VQGAN run the converted
     autoencoder, codebook and discriminator (the trainer's use of them is in test_trainer)."""

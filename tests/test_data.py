@@ -158,11 +158,26 @@ def test_empty_folder_is_one_sentence(tmp_path):
         data.make_dataset(_cfg(source="folder", path=str(tmp_path)), "train")
 
 
-def test_unreadable_image_names_the_fix(tmp_path):
-    os.makedirs(tmp_path / "test")
-    (tmp_path / "test" / "broken.png").write_bytes(b"not an image")
-    with pytest.raises(data.DatasetError, match="could not be decoded"):
-        list(data.make_dataset(_cfg(source="folder", path=str(tmp_path)), "test"))
+def test_an_unreadable_image_is_named_or_skipped(image_folder, tmp_path):
+    """A truncated file among good ones: training and evaluation name it (not a TensorFlow node),
+    and `skip_unreadable` trains on the others."""
+    import shutil
+
+    root, pixels = image_folder
+    shutil.copytree(root, tmp_path / "data")
+    broken = tmp_path / "data" / "train" / "dog" / "2.png"
+    broken.write_bytes(broken.read_bytes()[:40])
+    cfg = _cfg(source="folder", path=str(tmp_path / "data"), image_size=8, crop="center", random_flip=False,
+               batch_size=3)
+    for split, train in (("train", True), ("train", False)):
+        with pytest.raises(data.DatasetError, match=rf"Could not decode {broken} of the image folder .* \(.*\); "
+                                                     r"remove or re-encode it, or set config.data.skip_unreadable"):
+            _take(data.make_dataset(cfg, split, train=train, start_step=3), 3)  # one epoch
+    cfg.skip_unreadable = True
+    seen = np.concatenate([b["image"] for b in _take(data.make_dataset(cfg, "train"), 8)])  # 24 of 8 good images
+    good = {(image.astype(np.float32) / 127.5 - 1).tobytes() for path, image in pixels.items()
+            if not path.endswith("dog/2.png")}
+    assert {x.tobytes() for x in seen} == good
 
 
 def test_unprepared_tfds_dataset_says_how_to_get_it(tmp_path):

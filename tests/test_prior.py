@@ -172,6 +172,19 @@ def test_token_cache_holds_the_tokenizers_codes_and_refuses_other_settings(train
     with pytest.raises(ValueError, match="made with other settings.*image_size"):
         tokens_lib.cached_codes(str(tmp_path), split="test", flip=True, **{**kwargs, "data_cfg": other_data})
 
+    # A cache whose codes the tokenizer cannot have made, and a truncated one: sentences.
+    with np.load(path) as saved:
+        contents = {k: saved[k] for k in saved.files}
+    contents["codes"] = contents["codes"].astype(np.int32)
+    contents["codes"][3, 0, 0] = tokenizer.num_codes
+    np.savez(path, **contents)
+    with pytest.raises(ValueError, match=rf"hold codes outside 0..{tokenizer.num_codes - 1} .*delete it"):
+        tokens_lib.cached_codes(str(tmp_path), split="test", flip=True, **kwargs)
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(ValueError, match=r"cannot be read \(BadZipFile.*truncated or not a vqjax cache"):
+        tokens_lib.cached_codes(str(tmp_path), split="test", flip=True, **kwargs)
+
 
 @pytest.fixture(scope="module")
 def maskgit_run(trained_vqgan, tmp_path_factory):

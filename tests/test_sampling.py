@@ -696,3 +696,21 @@ def test_token_mask_from_pixels_hand_case():
 def test_token_mask_from_pixels_bad_shapes_raise(shape, factor):
     with pytest.raises(ValueError):
         sampling.token_mask_from_pixels(np.zeros(shape, bool), factor)
+
+
+@pytest.mark.parametrize("bad", [VOCAB, -1])
+def test_known_tokens_outside_the_vocabulary_are_refused(bad, gpt, maskgit):
+    """Out-of-range codes would be looked up in silence (NaNs for K, the last code for -1); the
+    positions to regenerate may hold anything."""
+    tokens = np.zeros((BATCH, MASKGIT_LEN), np.int32)
+    tokens[1, 5] = bad
+    regenerate = np.zeros((BATCH, MASKGIT_LEN), bool)
+    with pytest.raises(ValueError, match=rf"tokens hold codes outside 0..{VOCAB - 1} .*\[{bad}\] at flat "
+                                         rf"positions \[{MASKGIT_LEN + 5}\]"):
+        maskgit.maskgit(_key(0), LABELS, tokens=tokens, token_mask=regenerate)
+    regenerate[1, 5] = True
+    maskgit.maskgit(_key(0), LABELS, tokens=tokens, token_mask=regenerate)  # masked: fine
+    known = np.zeros((BATCH, GPT_LEN), np.int32)
+    known[2, 0] = bad
+    with pytest.raises(ValueError, match="known_tokens hold codes outside"):
+        gpt.gpt(_key(0), LABELS, known_tokens=known, known_mask=np.ones((BATCH, GPT_LEN), bool))

@@ -109,13 +109,19 @@ def test_non_finite_loss_stops_without_saving_a_bad_checkpoint(tmp_path, monkeyp
 
 
 def test_checkpoint_that_does_not_match_the_config(tmp_path):
+    """Even with --allow_config_change, a checkpoint of another shape is refused in a sentence,
+    and the refused run leaves the workdir as it was (its config.json still the run's)."""
     config = _smoke()
     config.train.num_steps = 2
     experiment.train_and_evaluate(config, str(tmp_path))
+    saved_config = (tmp_path / "config.json").read_bytes()
     config.model.hidden_channels = 24
     config.train.num_steps = 4
     with pytest.raises(ValueError, match="does not match this config"):
-        experiment.train_and_evaluate(config, str(tmp_path))
+        experiment.train_and_evaluate(config, str(tmp_path), allow_config_change=True)
+    assert (tmp_path / "config.json").read_bytes() == saved_config
+    assert sorted(os.listdir(tmp_path)) == ["checkpoints", "config.json", "metrics.json", "reconstructions.png",
+                                            "tensorboard"]
 
 
 def test_init_from_another_run(tmp_path):

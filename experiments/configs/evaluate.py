@@ -29,7 +29,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     config.data.eval_batch_size = 64
     # num_fid_samples: a prior's samples for FID / IS / KID (with inception_path).
     config.evals = dict(num_eval_batches=-1, lpips_path="", inception_path="", num_fid_samples=10_000)
-    if arg == "smoke":
+    if "smoke" in common.config_args(arg):
         config.data.eval_batch_size = 8
         config.evals.num_eval_batches = 2
         config.evals.num_fid_samples = 16

@@ -21,6 +21,6 @@ def get_config(arg=None):
     config.optim.update(learning_rate=3e-4, warmup_steps=1000)
     config.train.update(num_steps=100_000, eval_steps=5_000, ckpt_steps=5_000)
     config.sampling.update(num_samples=40, top_k=100, guidance_scale=1.5)
-    if arg == "smoke":
+    if "smoke" in common.config_args(arg):
         config = common.shrink_prior_for_smoke(config)
     return config

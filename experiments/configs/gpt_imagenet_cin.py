@@ -27,7 +27,7 @@ def get_config(arg=None):
     config.train.update(num_steps=1_000_000, log_steps=100, eval_steps=10_000, ckpt_steps=5_000)
     config.evals.num_eval_batches = 20
     config.sampling.update(num_samples=16, top_k=600, top_p=0.92, temperature=1.0, guidance_scale=1.0)
-    if arg == "smoke":
+    if "smoke" in common.config_args(arg):
         config.data.update(source="embedded", name="", image_size=32, crop="random")
         config.model.num_classes = 8
         config.model.dtype = "float32"

@@ -20,6 +20,6 @@ def get_config(arg=None):
     config.optim.update(learning_rate=2e-4)
     config.train.update(num_steps=100_000, eval_steps=5_000, ckpt_steps=5_000)
     config.sampling.update(num_samples=40, guidance_scale=2.0)
-    if arg == "smoke":
+    if "smoke" in common.config_args(arg):
         config = common.shrink_prior_for_smoke(config)
     return config

@@ -17,7 +17,7 @@ from experiments.configs import common
 
 
 def get_config(arg=None):
-    args = set((arg or "").split(","))
+    args = common.config_args(arg, ("gpt", "smoke"))
     kind = "gpt" if "gpt" in args else "maskgit"
     config = common.prior_base(kind)
     config.tokenizer_dir = "/tmp/vqgan_quickstart"

@@ -38,6 +38,6 @@ def get_config(arg=None):
     config.optim.update(learning_rate=2e-4, scale_lr_by_batch=False)
     config.optim_d.update(learning_rate=2e-4, scale_lr_by_batch=False)
     config.train.update(num_steps=200_000, eval_steps=10_000, ckpt_steps=5_000)
-    if arg == "smoke":
+    if "smoke" in common.config_args(arg):
         config = common.shrink_for_smoke(config)
     return config

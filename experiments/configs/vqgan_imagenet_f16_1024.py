@@ -21,6 +21,6 @@ def get_config(arg=None):
     config.data.eval_split = "validation"
     config.loss.update(disc_start=250_001, disc_weight=0.8)
     config.disc.update(n_layers=3)
-    if arg == "smoke":
+    if "smoke" in common.config_args(arg):
         config = common.shrink_for_smoke(config)
     return config

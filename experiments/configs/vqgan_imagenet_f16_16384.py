@@ -23,6 +23,6 @@ def get_config(arg=None):
     config.data.eval_split = "validation"
     config.loss.update(disc_start=0, disc_weight=0.75)
     config.disc.update(n_layers=2)
-    if arg == "smoke":
+    if "smoke" in common.config_args(arg):
         config = common.shrink_for_smoke(config)
     return config

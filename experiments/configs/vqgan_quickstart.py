@@ -32,6 +32,6 @@ def get_config(arg=None):
     config.optim.update(learning_rate=1e-3, scale_lr_by_batch=False)
     config.optim_d.update(learning_rate=2e-4, scale_lr_by_batch=False)
     config.train.update(num_steps=600, log_steps=50, eval_steps=300, ckpt_steps=300)
-    if arg == "smoke":
+    if "smoke" in common.config_args(arg):
         config = common.shrink_for_smoke(config)
     return config

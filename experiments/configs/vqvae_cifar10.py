@@ -28,6 +28,6 @@ def get_config(arg=None):
     config.train.num_steps = 250_000
     config.train.eval_steps = 10_000
     config.train.ckpt_steps = 5_000
-    if arg == "smoke":
+    if "smoke" in common.config_args(arg):
         config = common.shrink_for_smoke(config)
     return config

@@ -24,6 +24,6 @@ def get_config(arg=None):
     config.quantizer.num_codes = 128
     config.train.num_steps = 20_000
     config.train.eval_steps = 5_000
-    if arg == "smoke":
+    if "smoke" in common.config_args(arg):
         config = common.shrink_for_smoke(config)
     return config

@@ -27,6 +27,6 @@ def get_config(arg=None):
     config.train.log_steps = 50
     config.train.eval_steps = 500
     config.train.ckpt_steps = 500
-    if arg == "smoke":
+    if "smoke" in common.config_args(arg):
         config = common.shrink_for_smoke(config)
     return config

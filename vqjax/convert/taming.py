@@ -289,6 +289,29 @@ def convert_state(state: dict, config, *, with_loss: bool = True, disc_importabl
 # The command.
 
 
+# A model directory's entries; a directory with config.json holds a complete model.
+MODEL_ENTRIES = ("checkpoints", "lpips.msgpack", "conversion.json", "config.json")
+
+
+def move_model_into(staging, out) -> None:
+    """Replaces the model entries of `out` by those of `staging`: the old config.json leaves
+    first and the new one arrives last, so that at every moment `out` holds either a complete
+    model or none (the old entries wait in `out/.replaced` until the new ones are in); other
+    files in `out` stay."""
+    aside = out / ".replaced"
+    paths.remove_tree(aside)
+    for name in reversed(MODEL_ENTRIES):
+        if (out / name).exists():
+            aside.mkdir(parents=True, exist_ok=True)
+            (out / name).rename(aside / name)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in MODEL_ENTRIES:
+        if (staging / name).exists():
+            (staging / name).rename(out / name)
+    paths.remove_tree(aside)
+    paths.remove_tree(staging)
+
+
 def convert_checkpoint(ckpt: str, config_path: str, out: str, *, with_loss: bool = True,
                        overwrite: bool = False) -> str:
     """Writes the model directory `out`; returns a summary line for the command."""
@@ -299,26 +322,26 @@ def convert_checkpoint(ckpt: str, config_path: str, out: str, *, with_loss: bool
     config, notes, disc_importable = vqjax_config(read_yaml(config_path))
     tree = convert_state(load_torch_state(ckpt), config, with_loss=with_loss,
                          disc_importable=disc_importable, source=ckpt)
-    # Only a conversion that succeeded replaces the old model; config.json goes first, so a
-    # kill in between leaves a directory that loads as "no model" rather than a mixed one.
-    if existing.is_dir():
-        paths.remove_tree(paths.join(out, "config.json"))
-        paths.remove_tree(existing)
-    paths.makedirs(out)
+    # The new model is written beside `out` and moved in once complete, so a failed or killed
+    # conversion leaves the old model whole.
+    final = paths.resolve(out)
+    staging = final.with_name(final.name + ".converting")
+    paths.remove_tree(staging)  # what a killed conversion left
+    paths.makedirs(staging)
     perceptual = tree.pop("lpips", None)
     if perceptual is not None:
-        config.loss.lpips_path = os.fspath(paths.join(out, "lpips.msgpack"))
-        save_params(perceptual, config.loss.lpips_path)
+        config.loss.lpips_path = os.fspath(final / "lpips.msgpack")  # where it will be
+        save_params(perceptual, staging / "lpips.msgpack")
     if with_loss and "disc_params" not in tree["extra"]:
         notes.append("no discriminator imported: fine-tuning from this directory trains one from scratch.")
-    checkpoints.save_tree(out, 0, jax.tree.map(np.asarray, tree))
-    # The config goes last: a directory with config.json is complete.
-    checkpoints.write_config(out, config)
+    checkpoints.save_tree(os.fspath(staging), 0, jax.tree.map(np.asarray, tree))
+    checkpoints.write_config(os.fspath(staging), config)
     count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree["params"]["net"]))
     imported = ["autoencoder", "quantizer"] + [k for k in ("disc_params", "disc_batch_stats") if k in tree["extra"]]
-    paths.write_json(paths.join(out, "conversion.json"),
+    paths.write_json(staging / "conversion.json",
                      {"ckpt": os.fspath(paths.resolve(ckpt)), "config": os.fspath(paths.resolve(config_path)),
                       "imported": imported + (["lpips"] if perceptual is not None else []), "notes": notes})
+    move_model_into(staging, final)
     lines = [f"Wrote {out}: {count:,} autoencoder parameters, {config.quantizer.num_codes} codes "
              f"({config.quantizer.kind}), imported {', '.join(imported)}"
              + (" and LPIPS" if perceptual is not None else "") + "."]

@@ -6,7 +6,9 @@ every conversion itself is numpy.
 
 from __future__ import annotations
 
-import os
+import collections
+import functools
+import io
 import pickle
 import types
 from typing import Any, Callable, Optional
@@ -14,6 +16,8 @@ from typing import Any, Callable, Optional
 import jax
 import numpy as np
 from flax import serialization
+
+from vqjax.core import paths
 
 
 def conv_kernel(weight: np.ndarray) -> np.ndarray:
@@ -64,58 +68,125 @@ def take(state_dict: dict, key: str, source: str) -> np.ndarray:
 
 def save_params(params: dict, path: str) -> None:
     """A msgpack of a params tree, written atomically (a kill never leaves half a file)."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(serialization.msgpack_serialize(params))
-    os.replace(tmp, path)
+    paths.write_bytes(path, serialization.msgpack_serialize(params))
 
 
 class _Placeholder:
-    """Stands in for a pickled object whose class is not importable (Lightning callbacks,
-    loggers, optimizer classes of another library): it accepts and drops whatever state it gets."""
+    """Stands in for every global a checkpoint names outside `_trusted_globals`: Lightning
+    callbacks, argparse.Namespace, optimizer classes, and equally `exec`, `os.system` or
+    `getattr`. Built, called, filled or given state, it keeps nothing and runs nothing, so a
+    malicious payload is dropped while an honest checkpoint still yields its tensors."""
 
     def __init__(self, *args, **kwargs):
         pass
 
+    def __call__(self, *args, **kwargs):
+        # A placeholder used as a REDUCE callable (getattr(os, "system") -> placeholder) gives
+        # another inert object instead of failing the whole load.
+        return _Placeholder()
+
     def __setstate__(self, state):
         pass
 
+    # dict / list / set subclasses (Lightning's AttributeDict) are filled item by item.
+    def __setitem__(self, key, value):
+        pass
 
-class _TolerantUnpickler(pickle.Unpickler):
-    # Tensors, containers and numbers resolve as usual; any other class becomes a placeholder
-    # instead of importing (or running) code from the checkpoint's training environment.
-    _KNOWN = ("torch", "collections", "numpy", "builtins", "_codecs")
+    def append(self, item):
+        pass
+
+    def extend(self, items):
+        pass
+
+    def add(self, item):
+        pass
+
+
+def _rebuild_tensor_only(func, new_type, args, state):
+    """Stands in for torch's `_rebuild_from_type_v2` (a tensor of a subclass, or carrying Python
+    attributes): the tensor itself, without the class and attributes the checkpoint names."""
+    return func(*args)
+
+
+@functools.lru_cache(maxsize=1)
+def _trusted_globals() -> dict:
+    """`{(module, name): object}` for exactly the globals needed to rebuild state-dict tensors:
+    torch's tensor rebuild functions (which torch's own weights-only unpickler trusts too, see
+    torch/_weights_only_unpickler.py), dtypes, and OrderedDict. No torch class is handed out:
+    pickle's NEWOBJ_EX can call a class with keywords, and torch.UntypedStorage(allocator=...)
+    takes a raw pointer. numpy, `_codecs` and builtins are left out: no tensor needs them."""
+    import torch
+
+    # UntypedStorage names the storage of dtypes without a legacy storage class (uint16,
+    # float8, ...); torch.load only reads its byte dtype, which an inert StorageType also has.
+    untyped = torch.serialization.StorageType("ByteStorage")
+    trusted = {
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_tensor_only,
+        ("torch", "UntypedStorage"): untyped,
+        ("torch.storage", "UntypedStorage"): untyped,
+    }
+    for name in ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3", "_rebuild_parameter",
+                 "_rebuild_parameter_with_state"):
+        if hasattr(torch._utils, name):
+            trusted[("torch._utils", name)] = getattr(torch._utils, name)
+    for name, value in vars(torch).items():
+        if isinstance(value, torch.dtype):
+            trusted[("torch", name)] = value
+    # Legacy storage classes (torch.FloatStorage, torch.cuda.HalfStorage, ...) never reach
+    # find_class: torch.load's own wrapper turns every name containing "Storage" into an inert
+    # StorageType first.
+    return trusted
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    # Never calls super().find_class: nothing is imported and no dotted name is walked, so the
+    # only callables a checkpoint can reach are the trusted rebuild functions, OrderedDict and
+    # _Placeholder, each called with arguments that are themselves data or placeholders.
 
     def find_class(self, module, name):
-        if module.split(".")[0] in self._KNOWN:
-            return super().find_class(module, name)
-        return _Placeholder
+        return _trusted_globals().get((module, name), _Placeholder)
 
 
-_tolerant_pickle = types.SimpleNamespace(Unpickler=_TolerantUnpickler, load=pickle.load,
-                                         __name__="vqjax_tolerant_pickle")
+def _safe_load(file, **kwargs):
+    return _SafeUnpickler(file, **kwargs).load()
+
+
+# torch.load uses `Unpickler` for the main pickle and `load` for the small pickles around it
+# (legacy files start with a magic number, protocol and sys info): both must be the safe one.
+_safe_pickle = types.SimpleNamespace(Unpickler=_SafeUnpickler, load=_safe_load, __name__="vqjax_safe_pickle")
 
 
 def load_torch_state(path: str) -> dict:
     """`{name: float32 array}` of a `.pth` state dict or of a Lightning `.ckpt`'s `state_dict`.
 
-    Lightning checkpoints also pickle callbacks and hyper-parameters whose classes the
-    weights-only loader refuses; those are read with a loader that replaces every class
-    outside torch / numpy / the standard containers by an inert placeholder.
+    Loading never runs code from the file. Lightning checkpoints also pickle callbacks and
+    hyper-parameters whose classes the weights-only loader refuses; those are read with an
+    unpickler that resolves only the globals needed to rebuild tensors and replaces every other
+    one (including exec, os.system, getattr) by an inert placeholder.
     """
     try:
         import torch
     except ImportError:
         raise SystemExit("Reading PyTorch checkpoints needs PyTorch: pip install 'vqjax[interop]' "
                          "(or just torch; the CPU build is enough).") from None
-    if not os.path.isfile(path):
+    if not paths.is_file(path):
         raise SystemExit(f"{path} is not a file.")
+    data = paths.read_bytes(path)
+    # torch's weights-only loader first: it reads plain state dicts and refuses TorchScript
+    # archives with a RuntimeError, so those never reach the fallback (whose weights_only=False
+    # would hand them to torch.jit.load, which runs their code). The fallback is torch.load with
+    # our own pickle module rather than weights_only=True plus torch.serialization.safe_globals:
+    # that needs every class named in advance (process-wide state), refuses any os / sys global
+    # outright and lets only exact dicts and lists take items, so a Lightning checkpoint with a
+    # placeholder AttributeDict could not be read at all.
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        state = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_tolerant_pickle)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False, pickle_module=_safe_pickle)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise SystemExit(f"{path} holds a {type(state).__name__}, not a state dict.")
-    return {k: v.float().numpy() for k, v in state.items() if hasattr(v, "numpy")}
+    # detach: a state dict saved with keep_vars=True holds Parameters, which refuse .numpy().
+    return {k: v.detach().float().numpy() for k, v in state.items() if hasattr(v, "numpy")}

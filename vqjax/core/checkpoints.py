@@ -106,6 +106,15 @@ def read_latest(workdir: str, what: str) -> tuple[int, dict]:
     return step, saved
 
 
+def saved_steps(workdir: str) -> list[int]:
+    """The steps of the finished checkpoints in `workdir` (Orbax names a finished one by its
+    step; one being written carries a temporary suffix)."""
+    directory = paths.join(workdir, "checkpoints")
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
 def read_config(workdir: str) -> ml_collections.ConfigDict:
     """The `config.json` a training run or a converter wrote, with lists back as tuples
     (module fields must be hashable)."""

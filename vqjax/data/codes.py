@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import zipfile
 from typing import Iterator
 
 import jax
@@ -77,18 +78,29 @@ def _save(path: str, arrays: dict, description: dict) -> None:
         np.savez(f, **arrays, description=np.asarray(json.dumps(description, sort_keys=True)))
 
 
-def _load(path: str, description: dict) -> dict:
-    # allow_pickle=False (numpy's default, said here): loading a cache never runs code from it.
-    with np.load(io.BytesIO(paths.read_bytes(path)), allow_pickle=False) as saved:
-        made_by = json.loads(str(saved["description"]))
-        if made_by != description:
-            changed = sorted(k for k in set(made_by) | set(description) if made_by.get(k) != description.get(k))
-            raise ValueError(
-                f"The cached code maps {path} were made with other settings ({', '.join(changed)}: "
-                f"{[made_by.get(k) for k in changed]} there, {[description.get(k) for k in changed]} now); "
-                "train this prior in a new --workdir (or delete the tokens/ folder and the "
-                "checkpoints that were trained on them).")
-        return {"codes": saved["codes"], "labels": saved["labels"]}
+def _load(path: str, description: dict, num_codes: int) -> dict:
+    remedy = ("delete it (and the checkpoints trained on it) to encode the split again, or train this "
+              "prior in a new --workdir")
+    try:
+        # allow_pickle=False (numpy's default, said here): loading a cache never runs code from it.
+        with np.load(io.BytesIO(paths.read_bytes(path)), allow_pickle=False) as saved:
+            made_by = json.loads(str(saved["description"]))
+            arrays = {"codes": saved["codes"], "labels": saved["labels"]}
+    except (zipfile.BadZipFile, EOFError, KeyError, ValueError, OSError) as err:
+        raise ValueError(f"The cached code maps {path} cannot be read ({type(err).__name__}: {err}); it is "
+                         f"truncated or not a vqjax cache: {remedy}.") from None
+    if made_by != description:
+        changed = sorted(k for k in set(made_by) | set(description) if made_by.get(k) != description.get(k))
+        raise ValueError(
+            f"The cached code maps {path} were made with other settings ({', '.join(changed)}: "
+            f"{[made_by.get(k) for k in changed]} there, {[description.get(k) for k in changed]} now); "
+            "train this prior in a new --workdir (or delete the tokens/ folder and the "
+            "checkpoints that were trained on them).")
+    codes = arrays["codes"]
+    if codes.size and (codes.min() < 0 or codes.max() >= num_codes):
+        raise ValueError(f"The cached code maps {path} hold codes outside 0..{num_codes - 1} (min {codes.min()}, "
+                         f"max {codes.max()}) although the tokenizer has {num_codes} codes: {remedy}.")
+    return arrays
 
 
 def cached_codes(workdir: str, tokenizer, tokenizer_dir: str, data_cfg, split: str, *, flip: bool,
@@ -106,7 +118,7 @@ def cached_codes(workdir: str, tokenizer, tokenizer_dir: str, data_cfg, split: s
                 f"Process 0 found the cached code maps {path} but process {jax.process_index()} does "
                 "not: --workdir must be storage that every host shares (a gs:// bucket, NFS).")
     if cached:
-        return _load(path, description)
+        return _load(path, description, tokenizer.num_codes)
     arrays = encode_split(tokenizer, data_cfg, split, flip=flip, batch_size=batch_size, mesh=mesh, limit=limit)
     if jax.process_index() == 0:
         _save(path, arrays, description)

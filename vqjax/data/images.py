@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import math
 import os
+import re
 from typing import Callable, Iterator, Optional
 
 import numpy as np
@@ -220,6 +221,12 @@ def _tfds_source(cfg, split):
 SOURCES = {"embedded": _embedded_source, "folder": _folder_source, "tfds": _tfds_source}
 
 
+def check_split(cfg, split: str) -> int:
+    """The number of records of `split`, or the DatasetError a pipeline over it would raise:
+    for runs to find a missing or empty split before step 1, not at their first evaluation."""
+    return _source(cfg, split).count
+
+
 def _source(cfg, split):
     if cfg.source not in SOURCES:
         raise DatasetError(
@@ -283,14 +290,39 @@ def local_batch_size(batch_size: int, process_count: int) -> int:
     return batch_size // process_count
 
 
-def _numpy_batches(ds, description: str) -> Iterator[dict]:
+def _tf_error_text(err: tf.errors.OpError) -> str:
+    """TensorFlow's message without its graph-node names."""
+    text = re.sub(r"\{\{[^}]*\}\}|\[\[.*?\]\]", "", err.message.splitlines()[0])
+    return re.sub(r"\s+", " ", text).strip(" :;")
+
+
+def _unreadable(files: list, channels: int) -> list:
+    """The files of `files` (a failing batch's) that do not decode."""
+    bad = []
+    for name in files:
+        try:
+            tf.io.decode_image(tf.constant(paths.read_bytes(name)), channels=channels, expand_animations=False)
+        except (tf.errors.OpError, OSError):
+            bad.append(name)
+    return bad
+
+
+def _numpy_batches(ds, description: str, batch_files: Optional[Callable[[int], list]] = None,
+                   channels: int = 3) -> Iterator[dict]:
+    """The batches of `ds` as numpy; an image that cannot be decoded stops them with a sentence
+    naming the file (`batch_files(k)`: the files that fill this process's k-th batch)."""
+    count = 0
     try:
         for batch in ds.as_numpy_iterator():
             yield batch
+            count += 1
     except tf.errors.InvalidArgumentError as err:
+        bad = _unreadable(batch_files(count), channels) if batch_files else []
+        which = f"{', '.join(bad[:3])}{' and others' if len(bad) > 3 else ''} of {description}" if bad \
+            else f"an image of {description}"
         raise DatasetError(
-            f"An image of {description} could not be decoded ({err.message.splitlines()[0]}); "
-            "remove or re-encode the unreadable file."
+            f"Could not decode {which} ({_tf_error_text(err)}); remove or re-encode it, or set "
+            "config.data.skip_unreadable=True to train without unreadable images."
         ) from None
 
 
@@ -338,6 +370,18 @@ def make_dataset(
     # its global position) and the order of an evaluation pass do not depend on the number of
     # processes: 2 hosts x 2 devices see what 1 host x 4 devices sees.
     preprocess = _preprocess(cfg, source.decode, train, seed)
+    skip_unreadable = bool(cfg.get("skip_unreadable", False))
+    files = source.table["image"] if cfg.source == "folder" else None
+
+    def batch_files(k: int) -> list:
+        """The files that fill this process's k-th batch: to name an unreadable one."""
+        first = ((start_step if train else 0) + k) * batch_size + process_index * local_batch
+        positions = range(first, first + local_batch)
+        if train:
+            record_at = _record_at(source, seed)
+            return [files[int(record_at(tf.constant(p, tf.int64))[1]["image_index"])] for p in positions]
+        return [files[p] for p in positions if p < source.count]
+
     if train:
         start = start_step * batch_size
         if source.table is not None:
@@ -347,15 +391,20 @@ def make_dataset(
                                         reshuffle_each_iteration=True).repeat()
             ds = own_rows(ds.enumerate().skip(start))
         ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+        if skip_unreadable:
+            ds = ds.ignore_errors(log_warning=True)  # each skipped file is a warning in the log
         ds = ds.batch(local_batch, drop_remainder=True).prefetch(2).with_options(options)
-        return _numpy_batches(ds, description)
+        return _numpy_batches(ds, description, batch_files if files is not None else None, cfg.channels)
 
     ds = own_rows(source.in_order().enumerate()).map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+    if skip_unreadable:
+        ds = ds.ignore_errors(log_warning=True)
     ds = ds.batch(local_batch).prefetch(2).with_options(options)
     num_batches = math.ceil(source.count / batch_size)
     empty = {"image": np.zeros((0, cfg.image_size, cfg.image_size, cfg.channels), np.float32),
              "label": np.zeros((0,), np.int32)}
-    return _padded_batches(_numpy_batches(ds, description), num_batches, local_batch, empty)
+    return _padded_batches(_numpy_batches(ds, description, batch_files if files is not None else None, cfg.channels),
+                           num_batches, local_batch, empty)
 
 
 _ENDLESS = 2 ** 62  # positions of an endless training stream
@@ -371,7 +420,7 @@ def _record_at(source: Source, seed: int):
         epoch, offset = position // source.count, position % source.count
         index = tf.random.experimental.index_shuffle(offset, seed=tf.stack([tf.constant(seed, tf.int64), epoch]),
                                                      max_index=max_index)
-        return position, {k: tf.gather(v, index) for k, v in table.items()}
+        return position, {"image_index": index, **{k: tf.gather(v, index) for k, v in table.items()}}
 
     return fn
 

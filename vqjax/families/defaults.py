@@ -26,6 +26,7 @@ def vqvae_base() -> ml_collections.ConfigDict:
         eval_batch_size=256,
         shuffle_buffer=50_000,
         num_threads=0,  # tf.data threads, 0 = one per CPU
+        skip_unreadable=False,  # True: images that do not decode are skipped, each with a warning
         seed=0,
     )
     config.model = dict(

@@ -32,7 +32,7 @@ from vqjax.eval import likelihood, samples as samples_eval
 from vqjax.eval.likelihood import token_nll
 from vqjax.families.base import Family
 from vqjax.inference import prior as prior_inference, tokenizer as tokenizer_lib
-from vqjax.nets import build as nets
+from vqjax.nets import build as nets, inception as inception_lib
 from vqjax.sampling import decode, prior as prior_sampling
 from vqjax.train.state import TrainState
 
@@ -89,6 +89,8 @@ class PriorFamily(Family):
         self.setup_training(config, self.tokenizer.num_codes, self.train_codes["codes"].shape[1:])
         check_labels_and_loss(config.loss, self.model, self.train_codes)
         self.eval_step = jax.jit(likelihood.make_eval_step(self.model), out_shardings=parallel.replicated(mesh))
+        if self.evals_cfg.inception_path:  # a missing or wrong file found before step 1, not at the first FID
+            inception_lib.load_variables(self.evals_cfg.inception_path)
 
     def setup_training(self, config, num_codes: int, code_shape: tuple[int, ...]) -> None:
         """The transformer, objective and optimizer for code maps of `code_shape` over

@@ -105,6 +105,7 @@ class TokenizerFamily(Family):
         self.compiler_options = parallel.step_compiler_options(config.train.get("cpu_convolutions", "ynnpack"))
         lpips_path = config.evals.get("lpips_path", "") or config.get("loss", {}).get("lpips_path", "")
         self.evaluators = recon_eval.load_evaluators(lpips_path, config.evals.get("inception_path", "")).place(mesh)
+        data_lib.check_split(self.data_cfg, self.data_cfg.eval_split)  # before step 1, not at the first evaluation
         self._compiled = {}
         self._code_bits = None
 

@@ -82,6 +82,22 @@ def _guided(logits: jax.Array, scale) -> jax.Array:
     return guide(cond, uncond, scale)
 
 
+def check_codes(codes, num_codes: int, what: str, used=None) -> None:
+    """A ValueError naming `what` when concrete `codes` hold indices outside 0..num_codes-1 (where
+    `used` is True, if given): an embedding lookup would read out of range (NaNs, or -1 wrapping
+    to the last code) in silence."""
+    if codes is None or any(isinstance(x, jax.core.Tracer) for x in (codes, used)):
+        return
+    codes = np.asarray(codes)
+    if used is not None:
+        codes = np.where(np.asarray(used, bool), codes, 0)
+    if codes.size and (codes.min() < 0 or codes.max() >= num_codes):
+        bad = np.flatnonzero((codes.reshape(-1) < 0) | (codes.reshape(-1) >= num_codes))
+        raise ValueError(f"{what} hold codes outside 0..{num_codes - 1} (the model's {num_codes} codes): "
+                         f"{codes.reshape(-1)[bad[:5]].tolist()} at flat positions {bad[:5].tolist()}"
+                         f"{' and more' if len(bad) > 5 else ''}; pass code maps of this model's tokenizer.")
+
+
 def _check_labels(model: Transformer, labels: jax.Array) -> jax.Array:
     labels = jnp.asarray(labels, jnp.int32)
     if labels.ndim != 1:
@@ -93,8 +109,14 @@ def _check_labels(model: Transformer, labels: jax.Array) -> jax.Array:
 # Autoregressive (GPT) sampling.
 
 
+def sample_gpt(model: Transformer, params, rng: jax.Array, labels: jax.Array, **options) -> jax.Array:
+    """`sample_gpt_jit` after checking the known tokens' range (on concrete arrays)."""
+    check_codes(options.get("known_tokens"), model.vocab_size, "known_tokens", used=options.get("known_mask"))
+    return sample_gpt_jit(model, params, rng, labels, **options)
+
+
 @functools.partial(jax.jit, static_argnames=("model", "use_cache", "guidance"))
-def sample_gpt(model: Transformer, params, rng: jax.Array, labels: jax.Array, *, temperature=1.0,
+def sample_gpt_jit(model: Transformer, params, rng: jax.Array, labels: jax.Array, *, temperature=1.0,
                top_k=0, top_p=1.0, guidance: bool = False, guidance_scale=1.0,
                known_tokens: Optional[jax.Array] = None, known_mask: Optional[jax.Array] = None,
                use_cache: bool = True) -> jax.Array:
@@ -190,8 +212,17 @@ def masked_counts(num_unknown: int, num_steps: int, schedule: str = "cosine") ->
     return np.asarray(counts)
 
 
+def sample_maskgit(model: Transformer, params, rng: jax.Array, labels: jax.Array, **options):
+    """`sample_maskgit_jit` after checking the range of the tokens it keeps (on concrete arrays)."""
+    tokens, regenerate = options.get("tokens"), options.get("token_mask")
+    if tokens is not None and not isinstance(regenerate, jax.core.Tracer):
+        kept = None if regenerate is None else ~np.asarray(regenerate, bool)
+        check_codes(tokens, model.vocab_size, "tokens", used=kept)
+    return sample_maskgit_jit(model, params, rng, labels, **options)
+
+
 @functools.partial(jax.jit, static_argnames=("model", "num_steps", "schedule", "guidance", "return_history"))
-def sample_maskgit(model: Transformer, params, rng: jax.Array, labels: jax.Array, *,
+def sample_maskgit_jit(model: Transformer, params, rng: jax.Array, labels: jax.Array, *,
                    tokens: Optional[jax.Array] = None, token_mask: Optional[jax.Array] = None,
                    num_steps: int = 8, schedule: str = "cosine", temperature=1.0,
                    choice_temperature=4.5, guidance: bool = False, guidance_scale=1.0,

@@ -2,7 +2,9 @@
 before step 1 to metrics.json.
 
 Outputs in `workdir`:
-  config.json       the resolved config (with `family`)
+  config.json       the resolved config (with `family`), written once the run is known to be
+                    able to use the workdir (checks passed, checkpoint restored or state made)
+  run.lock          while the run lasts: who holds the workdir (vqjax.train.workdir_lock)
   checkpoints/      Orbax checkpoints of the train state (async; the newest
                     `train.keep_checkpoints` kept)
   tensorboard/      interval-averaged training metrics, learning rates, evaluations, the
@@ -13,18 +15,22 @@ Outputs in `workdir`:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import jax
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from vqjax import families
 from vqjax.core import checkpoints, parallel, paths
 from vqjax.families.base import Family
 from vqjax.inference import legacy
-from vqjax.train import loop as loop_lib
+from vqjax.train import config_changes, loop as loop_lib
+from vqjax.train.workdir_lock import WorkdirBusyError, WorkdirLock
 from vqjax.train.state import TrainState
 
 
@@ -35,8 +41,8 @@ def check_train_config(train_cfg) -> None:
 
 
 def prepare(config, workdir: str, devices=None) -> tuple[str, jax.sharding.Mesh]:
-    """The start of every run: the config's checks, the workdir (absolute, created, holding
-    config.json) and the mesh, checked against the batch sizes."""
+    """The start of every run: the config's checks, the workdir (absolute if local, created) and
+    the mesh, checked against the batch sizes. Nothing is written into the workdir yet."""
     if "family" not in config or config.family not in families.FAMILIES:
         raise ValueError(f"config.family is {config.get('family')!r}; set it to one of "
                          f"{sorted(families.FAMILIES)} in the config file.")
@@ -45,9 +51,40 @@ def prepare(config, workdir: str, devices=None) -> tuple[str, jax.sharding.Mesh]
     parallel.check_batch_size(config.data.batch_size, mesh)
     parallel.check_batch_size(config.data.eval_batch_size, mesh, "config.data.eval_batch_size")
     workdir = os.fspath(paths.makedirs(workdir))  # absolute if local; a bucket URI as given
-    if jax.process_index() == 0:
-        checkpoints.write_config(workdir, config)
     return workdir, mesh
+
+
+def resume_notes(config, workdir: str, allow_config_change: bool) -> list[str]:
+    """For a workdir holding a checkpoint: the settings changed since its run started (logged),
+    or a ValueError for those that would change what it trains (vqjax.train.config_changes)."""
+    saved = paths.join(workdir, "config.json")
+    if not checkpoints.saved_steps(workdir) or not saved.is_file():
+        return []
+    current = json.loads(config.to_json_best_effort())
+    return config_changes.check_resume(paths.read_json(saved), current, os.fspath(saved), allow_config_change)
+
+
+@contextlib.contextmanager
+def hold_workdir(workdir: str) -> Iterator[None]:
+    """Process 0 holds the workdir's lock for the run; every process learns whether it got it
+    (so that a refused multi-host run stops on all hosts, not only on process 0)."""
+    lock, error = None, None
+    if jax.process_index() == 0:
+        try:
+            lock = WorkdirLock(workdir).acquire()
+        except WorkdirBusyError as err:
+            error = err
+    if jax.process_count() > 1:
+        held = bool(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+        if not held and error is None:
+            error = WorkdirBusyError(f"{workdir} is in use by another run (process 0 says why).")
+    if error is not None:
+        raise error
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def load_init_from(path: str, family: Family, abstract_state: TrainState, fresh_state: TrainState,
@@ -86,11 +123,20 @@ def load_init_from(path: str, family: Family, abstract_state: TrainState, fresh_
     return state, sorted(loaded)
 
 
-def train_and_evaluate(config, workdir: str, *, devices=None, **family_kwargs: Any) -> dict:
+def train_and_evaluate(config, workdir: str, *, devices=None, allow_config_change: bool = False,
+                       **family_kwargs: Any) -> dict:
     """Trains `config` (any family) in `workdir`, resuming from its latest checkpoint if it
-    has one; returns the final metrics (also written to metrics.json). `family_kwargs` go to
-    the family's builder (benchmarks pass random LPIPS weights)."""
+    has one; returns the final metrics (also written to metrics.json). A resume whose config
+    changes the model, quantizer, data or batch size is refused unless `allow_config_change`.
+    `family_kwargs` go to the family's builder (benchmarks pass random LPIPS weights)."""
     workdir, mesh = prepare(config, workdir, devices)
+    notes = resume_notes(config, workdir, allow_config_change)
+    with hold_workdir(workdir):
+        return run(config, workdir, mesh, notes, family_kwargs)
+
+
+def run(config, workdir: str, mesh, notes: list[str], family_kwargs: dict) -> dict:
+    """The body of `train_and_evaluate`, with the workdir prepared and held."""
     is_main = jax.process_index() == 0
     replicated = parallel.replicated(mesh)
     family = families.build(config, mesh=mesh, workdir=workdir, **family_kwargs)
@@ -107,7 +153,6 @@ def train_and_evaluate(config, workdir: str, *, devices=None, **family_kwargs: A
     init_rng = jax.random.key(config.seed)
     abstract_state = checkpoints.abstract_like(jax.eval_shape(create, init_rng, example), replicated)
     latest = manager.latest_step()
-    notes = []
     if latest is not None:
         if legacy.is_old_tokenizer_tree(manager.item_metadata(latest)):
             raise ValueError(legacy.resume_refusal(workdir))
@@ -121,6 +166,7 @@ def train_and_evaluate(config, workdir: str, *, devices=None, **family_kwargs: A
             notes.append(f"initialised {', '.join(loaded)} from {config.init_from}")
     start_step, num_steps = int(state.step), int(config.train.num_steps)
     if is_main:
+        checkpoints.write_config(workdir, config)  # the run can use this workdir: now it is its
         print(f"vqjax: {family.describe(state, mesh.devices.size)}, starting at step {start_step} of "
               f"{num_steps}" + "".join(f"; {note}" for note in notes) + ".", flush=True)
     for note in notes:

@@ -8,6 +8,7 @@ show, the unit it counts); `vqjax.train.experiment.train_and_evaluate` sets it u
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import signal
@@ -95,8 +96,10 @@ class Logger:
             self.writer.close()
 
 
-def check_finite(step: int, metrics: dict, watched: tuple, last_checkpoint: Optional[int]) -> None:
-    """Stops the run with a sentence when a watched metric is NaN or infinite."""
+def check_finite(step: int, metrics: dict, watched: tuple, last_checkpoint: Optional[int],
+                 first_bad_step: Optional[int] = None) -> None:
+    """Stops the run with a sentence when a watched metric is NaN or infinite. `first_bad_step`:
+    the first step of the interval whose metrics were (the averages only show that one was)."""
     for name in watched:
         if name not in metrics:
             continue
@@ -104,21 +107,32 @@ def check_finite(step: int, metrics: dict, watched: tuple, last_checkpoint: Opti
         if not math.isfinite(value):
             where = (f"the last good checkpoint is step {last_checkpoint}" if last_checkpoint
                      else "no checkpoint was written yet")
+            first = first_bad_step or step
+            when = f"at step {first}" if first == step else f"at step {first} (found at the log of step {step})"
             raise NonFiniteLossError(
-                f"The training {name} became {value} at step {step} ({where}); lower "
-                "config.optim.learning_rate or set config.optim.grad_clip_norm, then run again "
-                "with the same --workdir to resume."
+                f"The training {name} became {value} {when}; {where}. The usual causes: a learning "
+                "rate too high for this model and batch (config.optim.learning_rate; "
+                "config.optim.grad_clip_norm bounds the updates) or a bad batch (an image of step "
+                f"{first}); fix the cause, then run again with the same --workdir to resume."
             )
 
 
 RATE_LABELS = {"images": "img", "code maps": "maps"}  # progress bar: img/s, maps/s
 
 
-@jax.jit
-def _accumulate(sums: Optional[dict], metrics: dict) -> dict:
-    """Running float32 sums of the metrics (one dispatch per step); None starts them."""
+_NO_STEP = 2 ** 31 - 1  # "no non-finite step yet" in the running minimum
+
+
+@functools.partial(jax.jit, static_argnames="watched")
+def _accumulate(sums: Optional[tuple], metrics: dict, step, watched: tuple) -> tuple:
+    """Running float32 sums of the metrics and the first step whose watched metrics were not
+    finite (one dispatch per step); None starts them."""
     metrics = jax.tree.map(lambda m: m.astype(jnp.float32), metrics)
-    return metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(metrics[n])) for n in watched if n in metrics] or [True]))
+    first_bad = jnp.where(finite, _NO_STEP, jnp.asarray(step, jnp.int32))
+    if sums is None:
+        return metrics, first_bad
+    return jax.tree.map(jnp.add, sums[0], metrics), jnp.minimum(sums[1], first_bad)
 
 
 @dataclasses.dataclass
@@ -202,7 +216,7 @@ def run_loop(state, train_step: Callable, batches: Iterator, settings: LoopSetti
     try:
         for step in range(start_step + 1, num_steps + 1):
             state, metrics = train_step(state, next(batches))
-            sums = _accumulate(sums, metrics)
+            sums = _accumulate(sums, metrics, step, settings.watched)
             summed_steps += 1
             if timing["start"] is None:  # the first step compiles: throughput starts after it
                 jax.block_until_ready(metrics)
@@ -211,9 +225,11 @@ def run_loop(state, train_step: Callable, batches: Iterator, settings: LoopSetti
                 timing["examples"] += settings.examples_per_step
 
             if step % settings.log_steps == 0 or step == num_steps:
-                averages = {k: float(v) / summed_steps for k, v in jax.device_get(sums).items()}
+                totals, first_bad = jax.device_get(sums)
+                averages = {k: float(v) / summed_steps for k, v in totals.items()}
                 sums, summed_steps = None, 0
-                check_finite(step, averages, settings.watched, last_checkpoint)
+                check_finite(step, averages, settings.watched, last_checkpoint,
+                             None if first_bad == _NO_STEP else int(first_bad))
                 now = time.perf_counter()
                 averages[settings.rate_name] = (step - last_log_step) * settings.examples_per_step / (now - last_log_time)
                 last_log_time, last_log_step = now, step
@@ -223,12 +239,8 @@ def run_loop(state, train_step: Callable, batches: Iterator, settings: LoopSetti
                 shown = {**settings.progress, settings.rate_name: RATE_LABELS.get(settings.unit, settings.unit) + "/s"}
                 logger.progress(step, {short: averages[name] for name, short in shown.items() if name in averages})
 
-            if step % settings.eval_steps == 0 and step != num_steps:
-                eval_metrics = periodic_eval(state)
-                logger.scalars(step, eval_metrics, "eval/")
-                logger.images(step, eval_images(state), "eval/")
-                logger.write(f"step {step}: {log_line(eval_metrics)}")
-
+            # The checkpoint comes before the evaluation of the same step, so that an evaluation
+            # that fails never costs the training that led to it.
             preempted = preemption.reached(step)
             if step % settings.ckpt_steps == 0 or step == num_steps or preempted:
                 check_finite(step, jax.device_get(metrics), settings.watched, last_checkpoint)
@@ -238,6 +250,12 @@ def run_loop(state, train_step: Callable, batches: Iterator, settings: LoopSetti
                 manager.wait_until_finished()
                 logger.write(f"SIGTERM: saved step {step} to {manager.directory}; run again to resume.")
                 return LoopResult(state, jax.device_get(metrics), None, preempted=True)
+
+            if step % settings.eval_steps == 0 and step != num_steps:
+                eval_metrics = periodic_eval(state)
+                logger.scalars(step, eval_metrics, "eval/")
+                logger.images(step, eval_images(state), "eval/")
+                logger.write(f"step {step}: {log_line(eval_metrics)}")
         jax.block_until_ready(state)
         seconds = time.perf_counter() - timing["start"] if timing["start"] else 0.0
     finally:
