@@ -15,9 +15,12 @@ from vqjax.families import vqgan as gan
 from vqjax.nets import blocks, build as nets_build
 from vqjax.nets.discriminator import NLayerDiscriminator
 
-torch = pytest.importorskip("torch")
-taming_model = pytest.importorskip("taming.modules.diffusionmodules.model")
-taming_disc = pytest.importorskip("taming.modules.discriminator.model")
+
+
+def _reference(module: str):
+    """A PyTorch reference module, or a skip of the test that needs it (not of the whole file:
+    the pure-JAX tests here run without PyTorch)."""
+    return pytest.importorskip(module)
 
 IMAGENET_F16 = dict(ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, attn_resolutions=(16,),
                     z_channels=256, resolution=256)  # taming's vqgan_imagenet_f16_{1024,16384}, ffhq f16
@@ -49,6 +52,7 @@ TAMING_RELEASES = {
 def _taming_counts(sizes_items):
     """(encoder, decoder) parameter counts of taming's modules (built once per ddconfig)."""
     sizes = dict(sizes_items)
+    taming_model = _reference("taming.modules.diffusionmodules.model")
     return (_torch_count(taming_model.Encoder(**_taming_ddconfig(sizes))),
             _torch_count(taming_model.Decoder(**_taming_ddconfig(sizes))))
 
@@ -70,14 +74,16 @@ def test_parameter_counts_equal_taming(name):
     quantize = pytest.importorskip("taming.modules.vqvae.quantize")
     assert config.quantizer.num_codes * config.model.embed_dim == _torch_count(
         quantize.VectorQuantizer2(num_codes, embed_dim, beta=0.25))
-    torch_disc = taming_disc.NLayerDiscriminator(input_nc=3, ndf=64, n_layers=disc_layers)
+    torch_disc = _reference("taming.modules.discriminator.model").NLayerDiscriminator(input_nc=3, ndf=64,
+                                                                                       n_layers=disc_layers)
     disc = gan.build_discriminator(config.disc)
     disc_params = jax.eval_shape(disc.init, jax.random.key(0), jnp.zeros((1, 256, 256, 3)))["params"]
     assert _count(disc_params) == _torch_count(torch_disc)
 
 
 def test_discriminator_matches_taming_in_shape_and_size():
-    torch_disc = taming_disc.NLayerDiscriminator(input_nc=3, ndf=64, n_layers=3)
+    torch = _reference("torch")
+    torch_disc = _reference("taming.modules.discriminator.model").NLayerDiscriminator(input_nc=3, ndf=64, n_layers=3)
     disc = NLayerDiscriminator(ndf=64, n_layers=3, norm="batch")
     variables = jax.eval_shape(disc.init, jax.random.key(0), jnp.zeros((1, 256, 256, 3)))
     assert _count(variables["params"]) == _torch_count(torch_disc)
@@ -104,6 +110,7 @@ def test_discriminator_norms_without_running_statistics():
 
 @pytest.mark.parametrize("shape,groups", [((2, 8, 8, 64), 32), ((3, 5, 7, 12), 4), ((2, 16), 8)])
 def test_group_norm_is_torchs(shape, groups):
+    torch = _reference("torch")
     rng = np.random.default_rng(0)
     x = (3 * rng.normal(size=shape) + 2).astype(np.float32)  # a mean far from 0: variance round-off
     scale, bias = rng.normal(size=(2, shape[-1])).astype(np.float32)

@@ -10,11 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers import REPO_ROOT, load_config, random_frozen_weights, subprocess_env
+from tests.helpers import REPO_ROOT, load_config, subprocess_env
+from vqjax import convert, pretrained
 from vqjax.core import parallel
+from vqjax.data import images as data_lib
 from vqjax.eval import evaluate_model as evaluate_model_lib, reconstruction as evaluation
-from vqjax.convert import save_params
-from vqjax.nets import inception, lpips
 
 
 def _evaluate_config(model_dir, out):
@@ -37,26 +37,106 @@ def test_entry_point_computes_what_the_trainer_evaluated(trained_vqgan, tmp_path
         assert json.load(f)["recon_psnr"] == result["recon_psnr"]
 
 
-def test_entry_point_with_lpips_and_inception_weights(trained_vqgan, tmp_path):
-    """Through the command line, with weights files (random, made here): LPIPS and rFID appear.
-    The process has 2 devices and the workdir was written by 4: checkpoints read across topologies."""
+def _reference_lpips(torch, directory):
+    """The `lpips` package's LPIPS (a random VGG16 trunk, as no download is possible, and the v0.1
+    heads the package ships) and the weights file `python -m vqjax.convert lpips` makes of it."""
+    lpips_torch = pytest.importorskip("lpips")
+    torch.manual_seed(0)
+    net = lpips_torch.LPIPS(net="vgg", version="0.1", pretrained=True, pnet_rand=True, verbose=False).eval()
+    state = net.state_dict()
+    # net.slice{s}.{i}.weight -> torchvision's features.{i}.weight (vgg16-397923af.pth's layout).
+    vgg = {"features." + k.split(".", 2)[2]: v for k, v in state.items() if k.startswith("net.")}
+    torch.save(vgg, directory / "vgg16.pth")
+    torch.save({k: v for k, v in state.items() if k.startswith("lin")}, directory / "lin.pth")
+    convert.main(["lpips", "--vgg", str(directory / "vgg16.pth"), "--lin", str(directory / "lin.pth"),
+                  "--out", str(directory / "lpips.msgpack")])
+    return net
+
+
+def _reference_inception(torch, directory, calibration):
+    """pytorch-fid's InceptionV3 (pool features, its own resize and [0, 1] -> [-1, 1] input
+    normalisation) with random weights, and the file `python -m vqjax.convert inception` makes
+    of them. Random batch-norm affine terms and running statistics of `calibration` (NCHW in
+    [0, 1]) keep every layer near unit scale, as in tests/test_inception.py."""
+    pytest.importorskip("pytorch_fid")
+    from pytorch_fid import inception as fid
+
+    from tests.test_inception import _random_fid_network
+
+    torch.manual_seed(1)
+    net = _random_fid_network()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fid, "fid_inception_v3", lambda: net)
+        model = fid.InceptionV3(output_blocks=[3], resize_input=True, normalize_input=True)
+    with torch.no_grad():
+        for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.normal_(0.0, 0.2)
+            bn.reset_running_stats()
+            bn.momentum = None  # a cumulative average: after one batch, that batch's statistics
+        model.train()(calibration)
+    torch.save(net.state_dict(), directory / "pt_inception.pth")
+    convert.main(["inception", "--pth", str(directory / "pt_inception.pth"), "--out",
+                  str(directory / "inception.msgpack")])
+    return model.eval()
+
+
+def test_entry_point_lpips_and_rfid_equal_the_reference_packages(trained_vqgan, tmp_path):
+    """Through the command line, with weight files converted from random PyTorch networks: the
+    LPIPS and rFID it reports equal the `lpips` package's mean distance and pytorch-fid's
+    `calculate_frechet_distance` of pytorch-fid's InceptionV3 features, computed here on the same
+    originals and reconstructions. The process has 2 devices and the workdir was written by 4:
+    checkpoints read across topologies."""
+    torch = pytest.importorskip("torch")
+    from pytorch_fid import fid_score
+
     _, workdir, _ = trained_vqgan
-    images = jnp.zeros((1, 16, 16, 3))
-    lpips_shapes = jax.eval_shape(lpips.LPIPS().init, jax.random.key(0), images, images)["params"]
-    save_params(random_frozen_weights(lpips_shapes), str(tmp_path / "lpips.msgpack"))
-    save_params(random_frozen_weights(inception.abstract_variables()), str(tmp_path / "inception.msgpack"))
+    num_batches = 1
+    # The images the evaluator scores: the first eval batch (evaluate.py smoke: 8 images) of the
+    # model's data config, reconstructed with the weights it evaluates (the weight average,
+    # which pretrained.load reads) and clipped to [-1, 1].
+    tokenizer = pretrained.load(workdir)
+    data_cfg = evaluate_model_lib.resolve_data(_evaluate_config(workdir, "").data, tokenizer.config.data)
+    batches = data_lib.make_dataset(data_cfg, data_cfg.eval_split, data_cfg.eval_batch_size, train=False)
+    originals = np.concatenate([b["image"][b["mask"] != 0] for b, _ in zip(batches, range(num_batches))])
+    reconstructions = np.asarray(tokenizer.reconstruct(originals))
+
+    def nchw(images):
+        return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+
+    lpips_net = _reference_lpips(torch, tmp_path)
+    inception_net = _reference_inception(torch, tmp_path, nchw((np.concatenate([originals, reconstructions]) + 1) / 2))
+
     cmd = [sys.executable, "-m", "experiments.evaluate", "--config=experiments/configs/evaluate.py:smoke",
            f"--config.model_dir={workdir}", f"--config.out={tmp_path / 'eval'}",
            f"--config.evals.lpips_path={tmp_path / 'lpips.msgpack'}",
-           f"--config.evals.inception_path={tmp_path / 'inception.msgpack'}", "--config.evals.num_eval_batches=1"]
-    env = subprocess_env(num_devices=2)
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+           f"--config.evals.inception_path={tmp_path / 'inception.msgpack'}",
+           f"--config.evals.num_eval_batches={num_batches}"]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=subprocess_env(num_devices=2), capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rfid" in proc.stdout and "recon_ssim" in proc.stdout  # the printed table
     with open(tmp_path / "eval" / "eval.json") as f:
         result = json.load(f)
     assert "skipped" not in result
-    assert result["lpips"] > 0 and np.isfinite(result["rfid"]) and result["rfid"] >= 0
-    assert "rfid" in proc.stdout and "recon_ssim" in proc.stdout  # the printed table
+
+    # The same images: PSNR of the clipped reconstructions (numpy) is what the evaluator reported.
+    mse = np.mean(np.square(reconstructions.astype(np.float64) - originals), axis=(1, 2, 3))
+    assert result["num_eval_examples"] == len(originals) == 8
+    np.testing.assert_allclose(result["recon_psnr"], np.mean(10 * np.log10(4.0 / mse)), rtol=1e-5)
+
+    with torch.no_grad():  # pytorch-fid's input convention: NCHW in [0, 1]
+        lpips_reference = float(lpips_net(nchw(reconstructions), nchw(originals)).mean())
+        real, fake = (inception_net(nchw((x + 1) / 2))[0].flatten(1).numpy().astype(np.float64)
+                      for x in (originals, reconstructions))
+    rfid_reference = float(fid_score.calculate_frechet_distance(
+        real.mean(0), np.cov(real, rowvar=False), fake.mean(0), np.cov(fake, rowvar=False)))
+    print(f"lpips {result['lpips']!r} vs {lpips_reference!r}; rfid {result['rfid']!r} vs {rfid_reference!r}")
+    # LPIPS: float32 VGG in XLA vs PyTorch (another summation order; tests/test_lpips.py pins the
+    # network to 1e-4 per distance) on reconstructions from a 2-device vs a 1-device program.
+    np.testing.assert_allclose(result["lpips"], lpips_reference, rtol=1e-3)
+    # rFID: ...
+    np.testing.assert_allclose(result["rfid"], rfid_reference, rtol=1e-2)
 
 
 def test_missing_model_and_weights_are_sentences(tmp_path):

@@ -166,3 +166,47 @@ def test_a_nan_is_reported_at_the_step_it_appeared(tmp_path, monkeypatch):
                        match=r"became nan at step 3 \(found at the log of step 4\); no checkpoint was written "
                              r"yet\..*learning_rate.*or a bad batch \(an image of step 3\)"):
         experiment.train_and_evaluate(config, str(tmp_path))
+
+
+class _FailingManager:
+    """A checkpoint manager whose asynchronous write of `failing_step` hits a full disk, seen
+    (as Orbax does) only when the next save or the final wait collects it, wrapped."""
+
+    directory = "/runs/x/checkpoints"
+
+    def __init__(self, failing_step, error=None):
+        self.failing_step, self.pending, self.error = failing_step, None, error
+
+    def _collect(self):
+        if self.pending == self.failing_step:
+            try:
+                raise self.error or OSError(28, "No space left on device")
+            except OSError as err:
+                raise RuntimeError("Event loop is closed") from err
+
+    def save(self, step, args):
+        self._collect()
+        self.pending = step
+
+    def wait_until_finished(self):
+        self._collect()
+        self.pending = None
+
+
+def test_a_full_disk_while_saving_names_the_step_and_the_last_complete_checkpoint():
+    from vqjax.train.loop import CheckpointWriter
+
+    writer = CheckpointWriter(_FailingManager(failing_step=4), last_complete=None)
+    writer.save(2, state={})
+    writer.save(4, state={})
+    with pytest.raises(OSError, match=r"No space left on the device while saving step 4 to /runs/x/checkpoints "
+                                      r"\(last complete checkpoint: step 2\); free space"):
+        writer.save(6, state={})
+    at_the_end = CheckpointWriter(_FailingManager(failing_step=2), last_complete=None)
+    at_the_end.save(2, state={})
+    with pytest.raises(OSError, match=r"while saving step 2 .*\(last complete checkpoint: none\)"):
+        at_the_end.wait()
+    other = CheckpointWriter(_FailingManager(failing_step=2, error=PermissionError(13, "denied")), None)
+    other.save(2, state={})
+    with pytest.raises(RuntimeError, match="Event loop is closed"):  # not a full disk: passed on as it is
+        other.wait()

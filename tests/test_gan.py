@@ -9,9 +9,7 @@ import pytest
 
 from tests.helpers import load_config
 from vqjax.core import parallel
-from vqjax.families import tokenizer
 from vqjax.families.vqgan import VQGANFamily
-from vqjax.losses import vq as vq_losses
 from vqjax.nets import lpips
 from vqjax.train import experiment
 
@@ -38,6 +36,20 @@ def _config(norm="batch", **loss):
         optim_cfg.update(name="adam", learning_rate=1e-3, b1=0.5, b2=0.9, schedule="constant",
                          warmup_steps=0, grad_clip_norm=0.0, scale_lr_by_batch=False, params_ema_decay=0.0)
     return config
+
+
+def _reference_forward(family, params, codebook, images, rng):
+    """encoder -> nearest codebook row, straight-through -> decoder: written here from the nets'
+    encode / decode and the VQ-VAE formulas, not with vqjax's tokenizer.forward or quantizers,
+    so that the step is checked against an independent computation. (reconstruction, z, q)"""
+    rngs = {"dropout": rng}
+    z = family.model.apply({"params": params["net"]}, images, train=True, method="encode", rngs=rngs)
+    flat = z.reshape(-1, z.shape[-1])
+    distances = (jnp.sum(flat ** 2, 1, keepdims=True) - 2 * flat @ codebook.T + jnp.sum(codebook ** 2, 1))
+    q = codebook[jnp.argmin(distances, 1)].reshape(z.shape)
+    quantized = z + jax.lax.stop_gradient(q - z)
+    reconstruction = family.model.apply({"params": params["net"]}, quantized, train=True, method="decode", rngs=rngs)
+    return reconstruction, z, q
 
 
 def _setup(config, perceptual_params=None):
@@ -79,9 +91,8 @@ def test_batch_statistics_come_from_the_discriminator_pass_only():
     # Recompute: real images, then this step's reconstructions, through the pre-step discriminator.
     @jax.jit  # one compiled reference, not one compilation per eager operation
     def batch_stats_after_step(state):
-        reconstruction, _, _ = tokenizer.forward(family.model, family.quantizer, state.params,
-                                                 state.extra["quantizer"], images, train=True,
-                                                 rng=jax.random.fold_in(state.step_rng(), 0))
+        reconstruction, _, _ = _reference_forward(family, state.params, state.extra["quantizer"].embedding, images,
+                                                  jax.random.fold_in(state.step_rng(), 0))
         variables = {"params": state.extra["disc_params"], "batch_stats": state.extra["disc_batch_stats"]}
         _, upd = disc.apply(variables, images, train=True, mutable=["batch_stats"])
         _, upd = disc.apply({"params": state.extra["disc_params"], **upd}, reconstruction, train=True,
@@ -113,12 +124,11 @@ def test_adaptive_weight_and_gradients_against_explicit_differentiation():
     rng = jax.random.fold_in(state.step_rng(), 0)
 
     def terms(params):
-        reconstruction, z, q = tokenizer.forward(family.model, family.quantizer, params, state.extra["quantizer"],
-                                                 images, train=True, rng=rng)
+        reconstruction, z, q = _reference_forward(family, params, state.extra["quantizer"].embedding, images, rng)
         rec = jnp.mean(jnp.abs(reconstruction - images))
         g_adv = -jnp.mean(disc.apply({"params": state.extra["disc_params"]}, reconstruction, train=True))
-        _, commitment_loss = vq_losses.codebook_and_commitment_losses(z, q.quantized)
-        return rec, 0.25 * jnp.mean(commitment_loss), g_adv  # EMA codebook: only beta * commitment
+        commitment = jnp.mean((z - jax.lax.stop_gradient(q)) ** 2)
+        return rec, 0.25 * commitment, g_adv  # EMA codebook: only beta * commitment
 
     # The three terms' gradients in one compiled program (rows of the Jacobian); the total
     # is their combination, by linearity of the gradient.
@@ -147,9 +157,8 @@ def test_perceptual_term_in_the_step(tmp_path):
 
     @jax.jit
     def perceptual_loss(state, params):
-        reconstruction, _, _ = tokenizer.forward(family.model, family.quantizer, state.params,
-                                                 state.extra["quantizer"], images, train=True,
-                                                 rng=jax.random.fold_in(state.step_rng(), 0))
+        reconstruction, _, _ = _reference_forward(family, state.params, state.extra["quantizer"].embedding, images,
+                                                  jax.random.fold_in(state.step_rng(), 0))
         return jnp.mean(perceptual.apply({"params": params}, images, reconstruction))
 
     expected = perceptual_loss(state, params)

@@ -246,6 +246,11 @@ def test_prior_errors_are_sentences(trained_vqgan, tmp_path):
     config.model.name = "pixelcnn"
     with pytest.raises(ValueError, match="a prior is one of"):
         experiment.train_and_evaluate(config, str(tmp_path / "c"))
+    config = prior_config("gpt", tokenizer_dir)
+    config.evals.inception_path = str(tmp_path / "inception.msgpack")  # no such file
+    with pytest.raises(ValueError, match="FID InceptionV3 weights path .* is not a file"):
+        experiment.train_and_evaluate(config, str(tmp_path / "d"))
+    assert os.listdir(tmp_path / "d") == []  # found before step 1: no token cache, no config.json
 
 
 def test_loaded_prior_samples_what_the_run_sampled(maskgit_run, trained_vqgan):

@@ -75,6 +75,8 @@ class PriorFamily(Family):
         self.tokenizer = tokenizer_lib.load(config.tokenizer_dir)
         self.data_cfg = prior_inference.resolve_data(config.data, self.tokenizer)
         self.evals_cfg, self.sampling_cfg = config.evals, config.sampling
+        if self.evals_cfg.inception_path:  # a missing or wrong file found now, not at the first FID
+            inception_lib.load_variables(self.evals_cfg.inception_path)
         encode = dict(tokenizer=self.tokenizer, tokenizer_dir=config.tokenizer_dir, data_cfg=self.data_cfg,
                       batch_size=int(config.tokens.encode_batch_size), mesh=mesh)
         start = time.perf_counter()
@@ -89,8 +91,6 @@ class PriorFamily(Family):
         self.setup_training(config, self.tokenizer.num_codes, self.train_codes["codes"].shape[1:])
         check_labels_and_loss(config.loss, self.model, self.train_codes)
         self.eval_step = jax.jit(likelihood.make_eval_step(self.model), out_shardings=parallel.replicated(mesh))
-        if self.evals_cfg.inception_path:  # a missing or wrong file found before step 1, not at the first FID
-            inception_lib.load_variables(self.evals_cfg.inception_path)
 
     def setup_training(self, config, num_codes: int, code_shape: tuple[int, ...]) -> None:
         """The transformer, objective and optimizer for code maps of `code_shape` over

@@ -8,6 +8,7 @@ show, the unit it counts); `vqjax.train.experiment.train_and_evaluate` sets it u
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import math
 import os
@@ -117,6 +118,53 @@ def check_finite(step: int, metrics: dict, watched: tuple, last_checkpoint: Opti
             )
 
 
+def _disk_full(err: BaseException) -> bool:
+    """Whether `err` or an exception it came from is a full disk (Orbax's asynchronous writes
+    surface one wrapped, e.g. as "Event loop is closed")."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+class CheckpointWriter:
+    """The run's checkpoint manager, whose write errors are sentences: a full disk names the
+    step being written, the directory and the last complete checkpoint."""
+
+    def __init__(self, manager: ocp.CheckpointManager, last_complete: Optional[int]):
+        self.manager, self.last_complete, self.writing = manager, last_complete, None
+
+    def _explain(self, err: Exception, step: int) -> Exception:
+        if not _disk_full(err):
+            return err
+        complete = f"step {self.last_complete}" if self.last_complete is not None else "none"
+        return OSError(errno.ENOSPC, f"No space left on the device while saving step {step} to "
+                                     f"{self.manager.directory} (last complete checkpoint: {complete}); free "
+                                     "space or keep fewer checkpoints (config.train.keep_checkpoints), then run "
+                                     "the same command to resume.")
+
+    def save(self, step: int, state) -> None:
+        # A save first waits for the previous one: an error here may be that write's.
+        try:
+            self.manager.save(step, args=ocp.args.StandardSave(state))
+        except Exception as err:  # pylint: disable=broad-except
+            raise self._explain(err, self.writing if self.writing is not None else step) from err
+        if self.writing is not None:
+            self.last_complete = self.writing
+        self.writing = step
+
+    def wait(self) -> None:
+        try:
+            self.manager.wait_until_finished()
+        except Exception as err:  # pylint: disable=broad-except
+            raise self._explain(err, self.writing) from err
+        if self.writing is not None:
+            self.last_complete, self.writing = self.writing, None
+
+
 RATE_LABELS = {"images": "img", "code maps": "maps"}  # progress bar: img/s, maps/s
 
 
@@ -210,6 +258,7 @@ def run_loop(state, train_step: Callable, batches: Iterator, settings: LoopSetti
     """
     num_steps, start_step = settings.num_steps, int(state.step)
     preemption = Preemption()
+    writer = CheckpointWriter(manager, last_checkpoint)
     timing = {"start": None, "examples": 0}
     last_log_time, last_log_step = time.perf_counter(), start_step
     metrics, sums, summed_steps = None, None, 0
@@ -244,10 +293,10 @@ def run_loop(state, train_step: Callable, batches: Iterator, settings: LoopSetti
             preempted = preemption.reached(step)
             if step % settings.ckpt_steps == 0 or step == num_steps or preempted:
                 check_finite(step, jax.device_get(metrics), settings.watched, last_checkpoint)
-                manager.save(step, args=ocp.args.StandardSave(state))
+                writer.save(step, state)
                 last_checkpoint = step
             if preempted:
-                manager.wait_until_finished()
+                writer.wait()
                 logger.write(f"SIGTERM: saved step {step} to {manager.directory}; run again to resume.")
                 return LoopResult(state, jax.device_get(metrics), None, preempted=True)
 
@@ -259,7 +308,7 @@ def run_loop(state, train_step: Callable, batches: Iterator, settings: LoopSetti
         jax.block_until_ready(state)
         seconds = time.perf_counter() - timing["start"] if timing["start"] else 0.0
     finally:
-        manager.wait_until_finished()
+        writer.wait()
         preemption.close()
         logger.close()
     return LoopResult(state, None if metrics is None else jax.device_get(metrics),

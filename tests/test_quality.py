@@ -1,0 +1,52 @@
+"""The quickstarts' README figures, asserted (marked slow: minutes each; `.ci/run` runs them
+after the default suite with `python -m pytest -q -m slow tests`). Each runs the README's command
+in a fresh workdir and checks metrics.json against the figure README quotes, within a margin that
+allows for another machine's floating-point order (XLA's CPU kernels, thread counts) but not for a
+regression: a 1 dB PSNR drop or a few percent of the codebook going dead fails."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _train(entry_point: str, config: str, workdir, *flags: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # as users run: no test settings
+    command = [sys.executable, "-m", entry_point, f"--config=experiments/configs/{config}.py",
+               f"--workdir={workdir}", *flags]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        metrics = json.load(f)
+    print(f"{config}: {json.dumps(metrics, sort_keys=True)}")
+    return metrics
+
+
+@pytest.fixture(scope="module")
+def vqgan_quickstart(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("vqgan_quickstart")
+    return workdir, _train("experiments.vqgan", "vqgan_quickstart", workdir)
+
+
+def test_vqvae_quickstart_reaches_its_readme_figure(tmp_path):
+    metrics = _train("experiments.vqvae", "vqvae_quickstart", tmp_path)
+    assert metrics["recon_psnr"] == pytest.approx(28.6, abs=1.0)  # README: 28.6 dB
+    assert metrics["codebook_usage"] >= 0.95  # README: 128/128 codes used
+
+
+def test_vqgan_quickstart_reaches_its_readme_figure(vqgan_quickstart):
+    _, metrics = vqgan_quickstart
+    assert metrics["recon_psnr"] == pytest.approx(20.7, abs=1.0)  # README: 20.7 dB
+    assert metrics["codebook_usage"] >= 0.95  # README: 127/128 codes used
+
+
+def test_prior_quickstart_reaches_its_readme_figure(vqgan_quickstart, tmp_path):
+    tokenizer_dir, _ = vqgan_quickstart
+    metrics = _train("experiments.transformer", "prior_quickstart", tmp_path, f"--config.tokenizer_dir={tokenizer_dir}")
+    assert metrics["bits_per_token"] == pytest.approx(3.685, abs=0.15)  # README: 3.685 bits per token
