@@ -2,7 +2,7 @@
 after the default suite with `python -m pytest -q -m slow tests`). Each runs the README's command
 in a fresh workdir and checks metrics.json against the figure README quotes, within a margin that
 allows for another machine's floating-point order (XLA's CPU kernels, thread counts) but not for a
-regression: a 1 dB PSNR drop or a few percent of the codebook going dead fails."""
+regression: a PSNR drop beyond the margin or a few percent of the codebook going dead fails."""
 
 import json
 import os
@@ -36,17 +36,19 @@ def vqgan_quickstart(tmp_path_factory):
 
 def test_vqvae_quickstart_reaches_its_readme_figure(tmp_path):
     metrics = _train("experiments.vqvae", "vqvae_quickstart", tmp_path)
-    assert metrics["recon_psnr"] == pytest.approx(28.6, abs=1.0)  # README: 28.6 dB
+    assert metrics["recon_psnr"] == pytest.approx(28.5, abs=1.0)  # README: 28.5 dB
     assert metrics["codebook_usage"] >= 0.95  # README: 128/128 codes used
 
 
 def test_vqgan_quickstart_reaches_its_readme_figure(vqgan_quickstart):
     _, metrics = vqgan_quickstart
-    assert metrics["recon_psnr"] == pytest.approx(20.7, abs=1.0)  # README: 20.7 dB
-    assert metrics["codebook_usage"] >= 0.95  # README: 127/128 codes used
+    # A short GAN run is sensitive to everything upstream: the image order alone moved it by 2.8 dB
+    # (README), so another machine's rounding may move it more than the VQ-VAE.
+    assert metrics["recon_psnr"] == pytest.approx(23.5, abs=1.5)  # README: 23.5 dB
+    assert metrics["codebook_usage"] >= 0.95  # README: 128/128 codes used
 
 
 def test_prior_quickstart_reaches_its_readme_figure(vqgan_quickstart, tmp_path):
     tokenizer_dir, _ = vqgan_quickstart
     metrics = _train("experiments.transformer", "prior_quickstart", tmp_path, f"--config.tokenizer_dir={tokenizer_dir}")
-    assert metrics["bits_per_token"] == pytest.approx(3.685, abs=0.15)  # README: 3.685 bits per token
+    assert metrics["bits_per_token"] == pytest.approx(3.783, abs=0.15)  # README: 3.783 bits per token
