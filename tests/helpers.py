@@ -82,3 +82,39 @@ def random_frozen_weights(shape_tree, seed: int = 0):
         return rng.uniform(0.0, 2.0 / np.prod(s.shape[:-1]), s.shape).astype(np.float32)
 
     return jax.tree.map(leaf, shape_tree)
+
+
+def calibrated_fid_inception(seed: int, calibration, **options):
+    """pytorch-fid's `InceptionV3(output_blocks=[3], **options)` with random weights, and the
+    Inception3 under it (`fid_inception_v3` without its download). Random batch-norm affine terms
+    and running statistics of `calibration` (NCHW) keep every layer near unit scale, so that the
+    features of random weights are not all alike."""
+    import torch
+    from pytorch_fid import inception as fid
+    from torchvision.models import inception_v3
+
+    torch.manual_seed(seed)
+    net = inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=False)
+    net.Mixed_5b = fid.FIDInceptionA(192, pool_features=32)
+    net.Mixed_5c = fid.FIDInceptionA(256, pool_features=64)
+    net.Mixed_5d = fid.FIDInceptionA(288, pool_features=64)
+    net.Mixed_6b = fid.FIDInceptionC(768, channels_7x7=128)
+    net.Mixed_6c = fid.FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6d = fid.FIDInceptionC(768, channels_7x7=160)
+    net.Mixed_6e = fid.FIDInceptionC(768, channels_7x7=192)
+    net.Mixed_7b = fid.FIDInceptionE_1(1280)
+    net.Mixed_7c = fid.FIDInceptionE_2(2048)
+    original = fid.fid_inception_v3
+    fid.fid_inception_v3 = lambda: net
+    try:
+        model = fid.InceptionV3(output_blocks=[3], **options)
+    finally:
+        fid.fid_inception_v3 = original
+    with torch.no_grad():
+        for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.normal_(0.0, 0.2)
+            bn.reset_running_stats()
+            bn.momentum = None  # a cumulative average: after one batch, that batch's statistics
+        model.train()(calibration)
+    return model.eval(), net

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from tests.helpers import REPO_ROOT, load_config, subprocess_env
+from tests.helpers import REPO_ROOT, calibrated_fid_inception, load_config, subprocess_env
 from vqjax import convert, pretrained
 from vqjax.core import parallel
 from vqjax.data import images as data_lib
@@ -61,22 +61,7 @@ def _reference_inception(torch, directory, calibration):
     of them. Random batch-norm affine terms and running statistics of `calibration` (NCHW in
     [0, 1]) keep every layer near unit scale, as in tests/test_inception.py."""
     pytest.importorskip("pytorch_fid")
-    from pytorch_fid import inception as fid
-
-    from tests.test_inception import _random_fid_network
-
-    torch.manual_seed(1)
-    net = _random_fid_network()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(fid, "fid_inception_v3", lambda: net)
-        model = fid.InceptionV3(output_blocks=[3], resize_input=True, normalize_input=True)
-    with torch.no_grad():
-        for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
-            bn.weight.uniform_(0.5, 1.5)
-            bn.bias.normal_(0.0, 0.2)
-            bn.reset_running_stats()
-            bn.momentum = None  # a cumulative average: after one batch, that batch's statistics
-        model.train()(calibration)
+    model, net = calibrated_fid_inception(1, calibration, resize_input=True, normalize_input=True)
     torch.save(net.state_dict(), directory / "pt_inception.pth")
     convert.main(["inception", "--pth", str(directory / "pt_inception.pth"), "--out",
                   str(directory / "inception.msgpack")])

@@ -130,7 +130,7 @@ def test_logged_metrics_are_averages_over_the_log_interval(tmp_path):
     settings = loop.LoopSettings(num_steps=9, log_steps=3, eval_steps=100, ckpt_steps=100, examples_per_step=2,
                                  schedules={"learning_rate": optax.linear_schedule(0.0, 1.0, 10)})
     manager = checkpoints.checkpoint_manager(workdir, 1)
-    with pytest.raises(loop.NonFiniteLossError, match="loss became nan at step 9"):
+    with pytest.raises(loop.NonFiniteLossError, match=r"loss became nan at step 8 \(found at the log of step 9\)"):
         loop.run_loop(state, jax.jit(train_step), iter(lambda: {}, None), settings, manager=manager,
                       logger=loop.Logger(workdir, 9, 0), last_checkpoint=None, periodic_eval=dict,
                       eval_images=dict)

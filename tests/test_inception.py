@@ -13,29 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.helpers import calibrated_fid_inception
 from vqjax import convert
 from vqjax.convert.inception import inception_variables_from_torch
 from vqjax.nets import inception
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("pytorch_fid")
-from pytorch_fid import inception as fid  # noqa: E402
-from torchvision.models import inception_v3  # noqa: E402
-
-
-def _random_fid_network():
-    """What `pytorch_fid.inception.fid_inception_v3` builds, before it downloads the weights."""
-    net = inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=False)
-    net.Mixed_5b = fid.FIDInceptionA(192, pool_features=32)
-    net.Mixed_5c = fid.FIDInceptionA(256, pool_features=64)
-    net.Mixed_5d = fid.FIDInceptionA(288, pool_features=64)
-    net.Mixed_6b = fid.FIDInceptionC(768, channels_7x7=128)
-    net.Mixed_6c = fid.FIDInceptionC(768, channels_7x7=160)
-    net.Mixed_6d = fid.FIDInceptionC(768, channels_7x7=160)
-    net.Mixed_6e = fid.FIDInceptionC(768, channels_7x7=192)
-    net.Mixed_7b = fid.FIDInceptionE_1(1280)
-    net.Mixed_7c = fid.FIDInceptionE_2(2048)
-    return net
 
 
 def _images(seed, height, width, batch=2):
@@ -59,19 +43,7 @@ def _calibration_images():
 @pytest.fixture(scope="module")
 def reference():
     """pytorch-fid's InceptionV3(output_blocks=[3]) and the Inception3 under it (which holds `fc`)."""
-    torch.manual_seed(0)
-    net = _random_fid_network()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(fid, "fid_inception_v3", lambda: net)
-        model = fid.InceptionV3(output_blocks=[3])
-    with torch.no_grad():
-        for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
-            bn.weight.uniform_(0.5, 1.5)
-            bn.bias.normal_(0.0, 0.2)
-            bn.reset_running_stats()
-            bn.momentum = None  # a cumulative average: after one batch, that batch's statistics
-        model.train()(_calibration_images())
-    return model.eval(), net
+    return calibrated_fid_inception(0, _calibration_images())
 
 
 @pytest.fixture(scope="module")
