@@ -10,10 +10,10 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initial
 _COORDINATOR = flags.DEFINE_string("coordinator_address", "", "With --multihost where JAX cannot detect the "
                                    "cluster: host:port of process 0's coordinator.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "With --coordinator_address: how many processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "With --coordinator_address: this process' index.")
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "allow_config_change", False, "Resume a workdir although the config changes its model, quantizer, "
     "data or batch size (refused otherwise: the checkpoint's history would mean something else).")
-_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "With --coordinator_address: this process' index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 

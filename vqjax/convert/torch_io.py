@@ -88,18 +88,11 @@ class _Placeholder:
     def __setstate__(self, state):
         pass
 
-    # dict / list / set subclasses (Lightning's AttributeDict) are filled item by item.
-    def __setitem__(self, key, value):
-        pass
+    def _drop(self, *contents):
+        """What a dict / list / set subclass (Lightning's AttributeDict) is filled with: dropped."""
+        del contents
 
-    def append(self, item):
-        pass
-
-    def extend(self, items):
-        pass
-
-    def add(self, item):
-        pass
+    __setitem__ = append = extend = add = _drop
 
 
 def _rebuild_tensor_only(func, new_type, args, state):

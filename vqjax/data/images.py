@@ -378,9 +378,10 @@ def make_dataset(
         first = ((start_step if train else 0) + k) * batch_size + process_index * local_batch
         positions = range(first, first + local_batch)
         if train:
-            record_at = _record_at(source, seed)
-            return [files[int(record_at(tf.constant(p, tf.int64))[1]["image_index"])] for p in positions]
+            return [files[int(_record_index(tf.constant(p, tf.int64), source.count, seed))] for p in positions]
         return [files[p] for p in positions if p < source.count]
+
+    locate = batch_files if files is not None else None
 
     if train:
         start = start_step * batch_size
@@ -394,7 +395,7 @@ def make_dataset(
         if skip_unreadable:
             ds = ds.ignore_errors(log_warning=True)  # each skipped file is a warning in the log
         ds = ds.batch(local_batch, drop_remainder=True).prefetch(2).with_options(options)
-        return _numpy_batches(ds, description, batch_files if files is not None else None, cfg.channels)
+        return _numpy_batches(ds, description, locate, cfg.channels)
 
     ds = own_rows(source.in_order().enumerate()).map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     if skip_unreadable:
@@ -403,24 +404,27 @@ def make_dataset(
     num_batches = math.ceil(source.count / batch_size)
     empty = {"image": np.zeros((0, cfg.image_size, cfg.image_size, cfg.channels), np.float32),
              "label": np.zeros((0,), np.int32)}
-    return _padded_batches(_numpy_batches(ds, description, batch_files if files is not None else None, cfg.channels),
-                           num_batches, local_batch, empty)
+    return _padded_batches(_numpy_batches(ds, description, locate, cfg.channels), num_batches, local_batch, empty)
 
 
 _ENDLESS = 2 ** 62  # positions of an endless training stream
 
 
-def _record_at(source: Source, seed: int):
-    """position -> (position, record) of a table source: epoch e = position // count visits the
+def _record_index(position, count: int, seed: int):
+    """The record at a global stream position (int64): epoch e = position // count visits the
     records in the permutation keyed by (seed, e), computed for that position alone."""
+    epoch, offset = position // count, position % count
+    return tf.random.experimental.index_shuffle(offset, seed=tf.stack([tf.constant(seed, tf.int64), epoch]),
+                                                max_index=tf.constant(count - 1, tf.int64))
+
+
+def _record_at(source: Source, seed: int):
+    """position -> (position, record) of a table source."""
     table = {k: tf.convert_to_tensor(v) for k, v in source.table.items()}
-    max_index = tf.constant(source.count - 1, tf.int64)
 
     def fn(position):
-        epoch, offset = position // source.count, position % source.count
-        index = tf.random.experimental.index_shuffle(offset, seed=tf.stack([tf.constant(seed, tf.int64), epoch]),
-                                                     max_index=max_index)
-        return position, {"image_index": index, **{k: tf.gather(v, index) for k, v in table.items()}}
+        index = _record_index(position, source.count, seed)
+        return position, {k: tf.gather(v, index) for k, v in table.items()}
 
     return fn
 

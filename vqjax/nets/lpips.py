@@ -14,7 +14,6 @@ parameters, `{"vgg": {"conv1_1": {"kernel", "bias"}, ...}, "lin_0": {"kernel"}, 
 
 from __future__ import annotations
 
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp

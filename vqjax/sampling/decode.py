@@ -88,13 +88,13 @@ def check_codes(codes, num_codes: int, what: str, used=None) -> None:
     to the last code) in silence."""
     if codes is None or any(isinstance(x, jax.core.Tracer) for x in (codes, used)):
         return
-    codes = np.asarray(codes)
+    codes = np.asarray(codes).reshape(-1)
     if used is not None:
-        codes = np.where(np.asarray(used, bool), codes, 0)
-    if codes.size and (codes.min() < 0 or codes.max() >= num_codes):
-        bad = np.flatnonzero((codes.reshape(-1) < 0) | (codes.reshape(-1) >= num_codes))
+        codes = np.where(np.asarray(used, bool).reshape(-1), codes, 0)
+    bad = np.flatnonzero((codes < 0) | (codes >= num_codes))
+    if bad.size:
         raise ValueError(f"{what} hold codes outside 0..{num_codes - 1} (the model's {num_codes} codes): "
-                         f"{codes.reshape(-1)[bad[:5]].tolist()} at flat positions {bad[:5].tolist()}"
+                         f"{codes[bad[:5]].tolist()} at flat positions {bad[:5].tolist()}"
                          f"{' and more' if len(bad) > 5 else ''}; pass code maps of this model's tokenizer.")
 
 

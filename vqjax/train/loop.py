@@ -137,9 +137,10 @@ class CheckpointWriter:
     def __init__(self, manager: ocp.CheckpointManager, last_complete: Optional[int]):
         self.manager, self.last_complete, self.writing = manager, last_complete, None
 
-    def _explain(self, err: Exception, step: int) -> Exception:
+    def _explain(self, err: Exception, step: int) -> Optional[Exception]:
+        """The sentence for a full disk; None for any other error (raised as it is)."""
         if not _disk_full(err):
-            return err
+            return None
         complete = f"step {self.last_complete}" if self.last_complete is not None else "none"
         return OSError(errno.ENOSPC, f"No space left on the device while saving step {step} to "
                                      f"{self.manager.directory} (last complete checkpoint: {complete}); free "
@@ -151,7 +152,10 @@ class CheckpointWriter:
         try:
             self.manager.save(step, args=ocp.args.StandardSave(state))
         except Exception as err:  # pylint: disable=broad-except
-            raise self._explain(err, self.writing if self.writing is not None else step) from err
+            explained = self._explain(err, self.writing if self.writing is not None else step)
+            if explained is None:
+                raise
+            raise explained from err
         if self.writing is not None:
             self.last_complete = self.writing
         self.writing = step
@@ -160,7 +164,10 @@ class CheckpointWriter:
         try:
             self.manager.wait_until_finished()
         except Exception as err:  # pylint: disable=broad-except
-            raise self._explain(err, self.writing) from err
+            explained = self._explain(err, self.writing)
+            if explained is None:
+                raise
+            raise explained from err
         if self.writing is not None:
             self.last_complete, self.writing = self.writing, None
 
