@@ -147,6 +147,73 @@ def test_evaluation_passes_split_the_single_process_batches(image_folder):
             np.testing.assert_array_equal(batch[key], np.concatenate([shards[0][step][key], shards[1][step][key]]))
 
 
+@pytest.fixture(scope="module")
+def tfds_datasets(tmp_path_factory):
+    """The same 9 labelled 8x8 images as a TFDS dataset in each file format: {format: data_dir}."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, size=(9, 8, 8, 3), dtype=np.uint8)
+    labels = np.arange(9) % 3
+    features = tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(8, 8, 3)), "label": tfds.features.ClassLabel(num_classes=3)})
+    data_dirs = {}
+    for file_format in ("array_record", "tfrecord"):
+        data_dirs[file_format] = str(tmp_path_factory.mktemp(file_format))
+        split = lambda: tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
+        tfds.dataset_builders.store_as_tfds_dataset(
+            name="tiny_images", version="1.0.0", features=features, data_dir=data_dirs[file_format],
+            split_datasets={"train": split(), "test": split()}, file_format=file_format,
+            disable_shuffling=True)  # records stay in the order written
+    return data_dirs, images, labels
+
+
+def _tfds_cfg(data_dir, **overrides):
+    return _cfg(source="tfds", name="tiny_images", data_dir=data_dir, image_size=8, crop="center",
+                random_flip=False, batch_size=3, **overrides)
+
+
+def test_tfds_array_record_resume_far_into_training_reads_nothing_before_it(tfds_datasets):
+    """ArrayRecord is read by record number, like a folder: step 10^12 comes at once, it is the
+    batch its epoch's permutation puts there, and every epoch holds each record once."""
+    data_dirs, images, labels = tfds_datasets
+    cfg = _tfds_cfg(data_dirs["array_record"])
+    step = 10 ** 12
+    batch = next(data.make_dataset(cfg, "train", start_step=step))
+    offset = (3 * step) % 9
+    epoch = _take(data.make_dataset(cfg, "train", start_step=step - offset // 3), 3)
+    np.testing.assert_array_equal(batch["image"], epoch[offset // 3]["image"])
+    np.testing.assert_array_equal(batch["label"], epoch[offset // 3]["label"])
+    seen = sorted((x.tobytes(), int(y)) for b in epoch for x, y in zip(b["image"], b["label"]))
+    stored = sorted(((x.astype(np.float32) / 127.5 - 1).tobytes(), int(y)) for x, y in zip(images, labels))
+    assert seen == stored
+
+
+def test_tfds_evaluation_pass_is_the_split_in_order(tfds_datasets):
+    data_dirs, images, labels = tfds_datasets
+    for data_dir in data_dirs.values():
+        batches = list(data.make_dataset(_tfds_cfg(data_dir), "test", batch_size=4))
+        assert [b["mask"].tolist() for b in batches][-1] == [1, 0, 0, 0]
+        got = np.concatenate([b["image"] for b in batches])[:9]
+        np.testing.assert_array_equal(got, images.astype(np.float32) / 127.5 - 1)
+        np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[:9], labels)
+
+
+@pytest.mark.parametrize("file_format", ["array_record", "tfrecord"])
+def test_tfds_resumed_stream_is_the_uninterrupted_one(tfds_datasets, file_format):
+    data_dirs, _, _ = tfds_datasets
+    cfg = _tfds_cfg(data_dirs[file_format])
+    uninterrupted = _take(data.make_dataset(cfg, "train"), 8)
+    resumed = _take(data.make_dataset(cfg, "train", start_step=5), 3)
+    for a, b in zip(uninterrupted[5:], resumed):
+        np.testing.assert_array_equal(a["image"], b["image"])
+    halves = [_take(data.make_dataset(cfg, "train", start_step=5, process_index=i, process_count=3), 3)
+              for i in range(3)]
+    for step, batch in enumerate(resumed):
+        np.testing.assert_array_equal(batch["image"], np.concatenate([h[step]["image"] for h in halves]))
+
+
 def test_missing_folder_is_one_sentence(tmp_path):
     with pytest.raises(data.DatasetError, match="config.data.path"):
         data.make_dataset(_cfg(source="folder", path=str(tmp_path / "nowhere")), "train")

@@ -7,8 +7,9 @@ examples, 0 for padding) so that every process sees the same number of static-sh
 
 Training order is a pure function of (seed, step), whatever the number of processes: one global
 stream of records, each process decodes its rows of every global batch, and augmentations use
-stateless ops keyed by the record's global position. Image folders and the embedded dataset are
-tables read by record number: epoch e visits them in a permutation keyed by (seed, e)
+stateless ops keyed by the record's global position. Image folders, the embedded dataset and
+TFDS datasets prepared as ArrayRecord (`tfds build --file_format=array_record`) are read by
+record number: epoch e visits them in a permutation keyed by (seed, e)
 (`tf.random.experimental.index_shuffle`), so a run resumed at step k computes which records
 come next and reads nothing before them. TFDS' TFRecord shards can only be read in order: they
 are shuffled through a buffer, and a resumed run skips k global batches of undecoded records.
@@ -57,17 +58,30 @@ class DatasetError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Source:
     """A split's `count` records {'image', 'label'} in a fixed order, and `decode`:
-    record['image'] -> uint8 [h, w, c]. Records are either a `table` of arrays indexed by record
-    number (any position of the training stream is found without reading the others) or a
-    `dataset` that can only be read in order."""
+    record['image'] -> uint8 [h, w, c]. Records are either read by number, `lookup`: int64
+    index -> record (any position of the training stream is found without reading the others),
+    or only in order from `dataset`. `table` holds a table source's arrays (for `lookup`)."""
 
     count: int
     decode: Callable
     table: Optional[dict] = None
+    lookup: Optional[Callable] = None
     dataset: Optional[tf.data.Dataset] = None
 
+    @property
+    def random_access(self) -> bool:
+        return self.lookup is not None
+
     def in_order(self) -> tf.data.Dataset:
-        return self.dataset if self.table is None else tf.data.Dataset.from_tensor_slices(self.table)
+        if self.dataset is not None:
+            return self.dataset
+        return tf.data.Dataset.range(self.count).map(self.lookup)
+
+
+def _table_source(count: int, decode: Callable, table: dict) -> Source:
+    tensors = {k: tf.convert_to_tensor(v) for k, v in table.items()}
+    return Source(count, decode, table=table,
+                  lookup=lambda index: {k: tf.gather(v, index) for k, v in tensors.items()})
 
 
 def _decode_encoded(channels: int):
@@ -139,7 +153,7 @@ def embedded_images(split: str, image_size: int = 32) -> tuple[np.ndarray, np.nd
 
 def _embedded_source(cfg, split):
     images, labels = embedded_images(split, cfg.image_size)
-    return Source(len(images), _decode_raw(cfg.channels), table={"image": images, "label": labels})
+    return _table_source(len(images), _decode_raw(cfg.channels), {"image": images, "label": labels})
 
 
 @functools.lru_cache(maxsize=None)
@@ -184,7 +198,7 @@ def _folder_source(cfg, split):
     decode_bytes = _decode_encoded(cfg.channels)
     read = _read_file if paths.is_uri(cfg.path) else tf.io.read_file
     table = {"image": np.asarray(files), "label": np.asarray(labels, np.int32)}
-    return Source(len(files), lambda filename: decode_bytes(read(filename)), table=table)
+    return _table_source(len(files), lambda filename: decode_bytes(read(filename)), table)
 
 
 def _tfds_source(cfg, split):
@@ -207,15 +221,35 @@ def _tfds_source(cfg, split):
             f"TFDS dataset {cfg.name!r} has splits {sorted(builder.info.splits)}, not {split!r}; "
             "set config.data.train_split / config.data.eval_split."
         )
+    has_label = "label" in builder.info.features
+    count = builder.info.splits[split].num_examples
+    decode = _decode_encoded(cfg.channels)
+    if builder.info.file_format == tfds.core.file_adapters.FileFormat.ARRAY_RECORD:
+        records = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+        return Source(count, decode, lookup=_array_record_lookup(records, has_label))
     ds = builder.as_dataset(
         split=split,
         shuffle_files=False,
         decoders={"image": tfds.decode.SkipDecoding()},
         read_config=tfds.ReadConfig(shuffle_seed=0, interleave_cycle_length=1),
     )
-    has_label = "label" in builder.info.features
     ds = ds.map(lambda r: {"image": r["image"], "label": tf.cast(r["label"], tf.int32) if has_label else 0})
-    return Source(builder.info.splits[split].num_examples, _decode_encoded(cfg.channels), dataset=ds)
+    return Source(count, decode, dataset=ds)
+
+
+def _array_record_lookup(records, has_label: bool) -> Callable:
+    """index -> {'image': encoded bytes, 'label'} from a TFDS ArrayRecord data source (random
+    access by record number, on local disks and in buckets alike)."""
+
+    def read(index):
+        record = records[int(index)]
+        return record["image"], np.int32(record["label"] if has_label else 0)
+
+    def lookup(index):
+        image, label = tf.numpy_function(read, [index], (tf.string, tf.int32), stateful=False)
+        return {"image": tf.reshape(image, []), "label": tf.reshape(label, [])}
+
+    return lookup
 
 
 SOURCES = {"embedded": _embedded_source, "folder": _folder_source, "tfds": _tfds_source}
@@ -385,7 +419,7 @@ def make_dataset(
 
     if train:
         start = start_step * batch_size
-        if source.table is not None:
+        if source.random_access:
             ds = own_rows(tf.data.Dataset.range(start, _ENDLESS)).map(_record_at(source, seed))
         else:
             ds = source.dataset.shuffle(min(int(cfg.shuffle_buffer), source.count), seed=seed,
@@ -419,12 +453,10 @@ def _record_index(position, count: int, seed: int):
 
 
 def _record_at(source: Source, seed: int):
-    """position -> (position, record) of a table source."""
-    table = {k: tf.convert_to_tensor(v) for k, v in source.table.items()}
+    """position -> (position, record) of a random-access source."""
 
     def fn(position):
-        index = _record_index(position, source.count, seed)
-        return position, {k: tf.gather(v, index) for k, v in table.items()}
+        return position, source.lookup(_record_index(position, source.count, seed))
 
     return fn
 
