@@ -45,14 +45,16 @@ def fill_from_torch(expected: Any, state: dict, tensor_name: Callable, source: s
     is left at random init. A missing tensor or another shape is a ValueError naming the tensor,
     both shapes and `hint` (what is probably wrong)."""
 
+    hint = hint if hint.endswith(("?", ".")) else hint + "."
+
     def fill(path, want):
         keys = tuple(str(getattr(p, "key", p)) for p in path)
         name, wanted = tensor_name(keys), torch_shape(tuple(want.shape))
         if name not in state:
-            raise ValueError(f"{source} has no tensor {name} (vqjax {'/'.join(keys)}, shape {wanted}); {hint}.")
+            raise ValueError(f"{source} has no tensor {name} (vqjax {'/'.join(keys)}, shape {wanted}); {hint}")
         got = tuple(state[name].shape)
         if got != wanted:
-            raise ValueError(f"{source}: tensor {name} has shape {got}, expected {wanted}; {hint}.")
+            raise ValueError(f"{source}: tensor {name} has shape {got}, expected {wanted}; {hint}")
         if used is not None:
             used.add(name)
         return to_flax(state[name])
