@@ -2,6 +2,8 @@
 likelihoods against closed forms and enumeration, the training masks, the token cache and
 batches, and the entry point end to end on the shared VQGAN smoke workdir."""
 
+import contextlib
+import importlib.util
 import itertools
 import json
 import math
@@ -11,13 +13,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.linalg
 from PIL import Image
 
 from tests.helpers import load_config, random_frozen_weights
 from vqjax import pretrained, prior
 from vqjax.core import images as images_lib, parallel
 from vqjax.data import codes as tokens_lib
-from vqjax.eval import likelihood
+from vqjax.eval import likelihood, samples as samples_eval
 from vqjax.families import prior as prior_family
 from vqjax.sampling import prior as prior_sampling
 from vqjax.train import experiment
@@ -34,6 +37,14 @@ def tiny(causal: bool, vocab: int = 5, seq_len: int = 6, num_classes: int = 2) -
 def init(model: Transformer, seed: int = 0):
     return model.init(jax.random.key(seed), jnp.zeros((1, model.seq_len), jnp.int32),
                       jnp.zeros((1,), jnp.int32))["params"]
+
+
+def np_token_nll(logits, tokens) -> np.ndarray:
+    """-log softmax(logits)[token] per position, in numpy float64 (not vqjax's token_nll)."""
+    logits = np.asarray(logits, np.float64)
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    return -np.take_along_axis(log_probs, np.asarray(tokens)[..., None], -1)[..., 0]
 
 
 def eval_nll(model, params, tokens, labels, seed=0):
@@ -65,7 +76,7 @@ def test_gpt_likelihood_sums_to_one_over_all_sequences():
         batch = {"tokens": jnp.asarray(every), "label": jnp.full((len(every),), label),
                  "mask": jnp.ones((len(every),))}
         logits = model.apply({"params": params}, batch["tokens"], batch["label"])
-        nll = np.asarray(jnp.sum(likelihood.token_nll(logits, batch["tokens"]), axis=-1), np.float64)
+        nll = np_token_nll(logits, every).sum(-1)
         assert np.exp(-nll).sum() == pytest.approx(1.0, abs=1e-5)
         sums = likelihood.make_eval_step(model)(params, batch, jax.random.key(0))
         assert float(sums["nll_sum"]) == pytest.approx(nll.sum(), rel=1e-5)
@@ -86,7 +97,7 @@ def test_maskgit_bound_estimate_averages_to_the_enumerated_bound():
             masked = np.zeros((1, 3), bool)
             masked[0, list(subset)] = True
             logits = model.apply({"params": params}, jnp.where(masked, model.mask_token, x), label)
-            nll = float(jnp.sum(likelihood.token_nll(logits, x) * masked))
+            nll = float(np.sum(np_token_nll(logits, x) * masked))
             expected += (1 / 3) * (1 / len(subsets)) * 3 / m * nll
     # Each row of a batch draws its own (m, subset): 2000 copies of x are 2000 draws.
     copies = 2000
@@ -186,36 +197,154 @@ def test_token_cache_holds_the_tokenizers_codes_and_refuses_other_settings(train
         tokens_lib.cached_codes(str(tmp_path), split="test", flip=True, **kwargs)
 
 
+def _eval_images(config, tokenizer_config):
+    """The first evals.num_fid_samples images of the eval split a prior's FID scores against: its
+    data config says source='tokenizer', so the tokenizer run's data, read here from the data
+    source with the prior's eval split and batch size."""
+    from vqjax.data import images as data_lib
+
+    data = tokenizer_config.data.copy_and_resolve_references()
+    data.eval_split, data.eval_batch_size = config.data.eval_split, config.data.eval_batch_size
+    batches = data_lib.make_dataset(data, data.eval_split, data.eval_batch_size, train=False)
+    num_batches = -(-config.evals.num_fid_samples // data.eval_batch_size)
+    return np.concatenate([b["image"][b["mask"] != 0] for _, b in zip(range(num_batches), batches)])
+
+
+def _fid_reference_inception(real, tokenizer_dir, path):
+    """pytorch-fid's InceptionV3 with random weights (tests/helpers.calibrated_fid_inception), its
+    batch norms calibrated on 4 of `real` (the images the run will score against) and their
+    reconstructions by the tokenizer (images like its decoded samples, whose features come out
+    ~40x too large with a calibration on real images only), and the weights file the converter
+    makes of it at `path`: (InceptionV3, Inception3)."""
+    import torch
+
+    from tests.helpers import calibrated_fid_inception
+    from vqjax.convert.inception import inception_variables_from_torch
+
+    images = np.concatenate([real[:4], np.asarray(pretrained.load(tokenizer_dir).reconstruct(real[:4]))])
+    with _torch_threads(torch, 1):
+        model, net = calibrated_fid_inception(2, _unit_nchw(torch, images))
+    save_params(inception_variables_from_torch({k: v.numpy() for k, v in net.state_dict().items()}), path)
+    return model, net
+
+
+@contextlib.contextmanager
+def _torch_threads(torch, count):
+    """PyTorch on `count` threads for a while: on 2 busy cores, its 2 threads wait on each other
+    (an Inception forward pass measured 2-4x slower than on one thread)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _unit_nchw(torch, images):
+    """vqjax images (NHWC in [-1, 1]) as pytorch-fid takes them (NCHW in [0, 1])."""
+    return torch.from_numpy(np.ascontiguousarray((np.asarray(images, np.float32) + 1).transpose(0, 3, 1, 2) / 2))
+
+
 @pytest.fixture(scope="module")
 def maskgit_run(trained_vqgan, tmp_path_factory):
-    """One MaskGIT smoke run on the shared tokenizer: (config, workdir, final metrics)."""
-    _, tokenizer_dir, _ = trained_vqgan
+    """One MaskGIT smoke run on the shared tokenizer: (config, workdir, final metrics, scored).
+    FID / IS / KID of its samples with Inception weights made here: pytorch-fid's network with
+    calibrated random weights where torch and pytorch-fid are installed (`scored["inception"]`),
+    else `random_frozen_weights`. `scored["fake"]` and `scored["real"]`: the sample batches and the
+    real batches the run scored, recorded on their way into `samples.sample_quality`;
+    `scored["expected_real"]`: the eval images read here from the data source."""
+    tokenizer_config, tokenizer_dir, _ = trained_vqgan
     config = prior_config("maskgit", tokenizer_dir)
     workdir = tmp_path_factory.mktemp("maskgit_run")
-    # FID / IS / KID of the samples, with random Inception weights made here.
     config.evals.inception_path = str(workdir / "inception.msgpack")
-    save_params(random_frozen_weights(inception.abstract_variables()), config.evals.inception_path)
-    return config, workdir, experiment.train_and_evaluate(config, str(workdir))
+    scored = {"inception": None, "expected_real": _eval_images(config, tokenizer_config)}
+    if all(importlib.util.find_spec(name) for name in ("torch", "torchvision", "pytorch_fid")):
+        scored["inception"] = _fid_reference_inception(scored["expected_real"], tokenizer_dir,
+                                                       config.evals.inception_path)
+    else:
+        save_params(random_frozen_weights(inception.abstract_variables()), config.evals.inception_path)
+    original = samples_eval.sample_quality
+
+    def recording(fake_batches, real_batches, *args, **kwargs):
+        scored["fake"] = [np.asarray(images) for images in fake_batches]
+        scored["real"] = [jax.tree.map(np.asarray, batch) for batch in real_batches]
+        return original(scored["fake"], scored["real"], *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(samples_eval, "sample_quality", recording)
+        result = experiment.train_and_evaluate(config, str(workdir))
+    return config, workdir, result, scored
 
 
 def test_maskgit_prior_end_to_end(maskgit_run, trained_vqgan):
-    config, workdir, result = maskgit_run
+    config, workdir, result, _ = maskgit_run
     assert result["step"] == config.train.num_steps
     # evals.num_eval_batches (2) batches of 8 of the 32 cached eval code maps.
     assert result["num_eval_examples"] == config.evals.num_eval_batches * config.data.eval_batch_size == 16
-    assert 0 < result["bits_per_token"] and np.isfinite(result["bits_per_dim"])
+    assert np.isfinite(result["bits_per_token"])
     codes_per_image = (32 // pretrained.load(trained_vqgan[1]).downsampling_factor) ** 2
     assert result["bits_per_dim"] == pytest.approx(result["bits_per_token"] * codes_per_image / (32 * 32 * 3))
     with open(workdir / "metrics.json") as f:
         assert json.load(f)["bits_per_token"] == result["bits_per_token"]
-    assert result["num_fid_samples"] == result["num_fid_real"] == 16
-    assert np.isfinite(result["fid"]) and result["fid"] >= 0 and np.isfinite(result["kid"])
-    assert 1.0 <= result["inception_score"] <= 1008 and "skipped" not in result
+    assert result["num_fid_samples"] == result["num_fid_real"] == 16 and "skipped" not in result
     samples = np.asarray(Image.open(workdir / "samples.png"))
     inpainting = np.asarray(Image.open(workdir / "inpainting.png"))
     # 8 samples: one row of the 8 classes; 64-pixel tiles (32x32 upscaled) with 2-pixel gaps.
     assert samples.shape == (2 + 66, 2 + 8 * 66, 3)
     assert inpainting.shape == (2 + 5 * 66, 2 + 8 * 66, 3)  # originals, 2 x (masked, completed)
+
+
+def test_maskgit_run_sample_quality_equals_pytorch_fid_features_and_numpy_formulas(maskgit_run):
+    """The FID, IS and KID the run reports, against pytorch-fid's InceptionV3 (the network its
+    weights file was converted from) on the images it scored, with the formulas written out here
+    in numpy float64: FID through scipy's sqrtm, IS over 10 consecutive splits of the samples'
+    1008 logits, KID as the unbiased polynomial-kernel MMD^2 (subsets of all 16 rows: one value).
+    The real images are the eval split's first two batches, read here from the data source."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("pytorch_fid")
+    _, _, result, scored = maskgit_run
+    model, net = scored["inception"]
+    real = scored["expected_real"]
+    np.testing.assert_array_equal(np.concatenate([b["image"][b["mask"] != 0] for b in scored["real"]]), real)
+    fake = np.clip(np.concatenate(scored["fake"]), -1, 1)  # vqjax scores samples clipped to [-1, 1]
+    assert fake.shape == real.shape == (16, 32, 32, 3)
+
+    def features(images):
+        with torch.no_grad(), _torch_threads(torch, 1):
+            pool = model(_unit_nchw(torch, images))[0].flatten(1)
+            return pool.numpy().astype(np.float64), net.fc(pool).numpy().astype(np.float64)
+
+    (fake_pool, logits), (real_pool, _) = features(fake), features(real)
+    assert np.std(fake_pool, 0).mean() > 1e-2 * np.abs(fake_pool).mean()  # features that tell images apart
+
+    # FID in an orthonormal basis of the span of the 32 centred rows (an exact rotation).
+    both = np.concatenate([fake_pool, real_pool])
+    basis = np.linalg.svd(both - both.mean(0), full_matrices=False)[2].T
+    a, b = (fake_pool - both.mean(0)) @ basis, (real_pool - both.mean(0)) @ basis
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    fid = (np.sum(np.square(a.mean(0) - b.mean(0))) + np.trace(cov_a) + np.trace(cov_b)
+           - 2 * np.trace(scipy.linalg.sqrtm(cov_a @ cov_b)).real)
+    # IS: chunks [i N / 10, (i + 1) N / 10) of the 16 samples; exp of the mean KL(p(y|x) || p(y)).
+    log_p = logits - logits.max(1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
+    scores = []
+    for i in range(10):
+        chunk = log_p[i * 16 // 10:(i + 1) * 16 // 10]
+        log_marginal = np.log(np.exp(chunk).mean(0))
+        scores.append(np.exp(np.mean([np.sum(np.exp(row) * (row - log_marginal)) for row in chunk])))
+    # KID with k(u, v) = (u.v / 2048 + 1)^3.
+    k_xx, k_yy, k_xy = ((u @ v.T / 2048 + 1) ** 3 for u, v in
+                        ((fake_pool, fake_pool), (real_pool, real_pool), (fake_pool, real_pool)))
+    off_diagonal = 1 - np.eye(16)
+    kid = np.sum((k_xx + k_yy) * off_diagonal) / (16 * 15) - 2 * np.mean(k_xy)
+    # float32 Inception features agree to ~1e-4 of their scale (tests/test_inception.py); the metrics
+    # move by less (measured: 4e-6 of FID, 1e-5 of KID, 1e-6 of IS - 1 and of its std). Splits of 1 or
+    # 2 samples of a 4-step prior that look alike give an IS of ~1.003, so IS - 1 is compared. A wrong
+    # pool, resize, clip, split or set of images moves them by percents.
+    np.testing.assert_allclose(result["fid"], fid, rtol=1e-3)
+    np.testing.assert_allclose([result["inception_score"] - 1, result["inception_score_std"]],
+                               [np.mean(scores) - 1, np.std(scores)], rtol=1e-3)
+    np.testing.assert_allclose([result["kid"], result["kid_std"]], [kid, 0.0], rtol=1e-3, atol=1e-6 * abs(kid))
 
 
 def test_gpt_prior_resumes_and_reuses_its_token_cache(trained_vqgan, tmp_path):
@@ -254,7 +383,7 @@ def test_prior_errors_are_sentences(trained_vqgan, tmp_path):
 
 
 def test_loaded_prior_samples_what_the_run_sampled(maskgit_run, trained_vqgan):
-    config, workdir, _ = maskgit_run
+    config, workdir, _, _ = maskgit_run
     loaded = prior.load(str(workdir))
     rng = jax.random.key(int(config.sampling.seed))
     labels = prior_sampling.sample_labels(loaded.model, config.sampling.num_samples)
@@ -273,7 +402,7 @@ def test_loaded_prior_samples_what_the_run_sampled(maskgit_run, trained_vqgan):
 def test_evaluate_entry_point_on_a_prior_gives_the_runs_likelihood(maskgit_run, tmp_path):
     from vqjax.eval import evaluate_model as evaluation
 
-    config, workdir, trained = maskgit_run
+    config, workdir, trained, _ = maskgit_run
     eval_config = load_config("evaluate", "smoke")  # eval batches of 8, two of them: as the run
     eval_config.model_dir, eval_config.out = str(workdir), str(tmp_path)
     result = evaluation.evaluate_model(eval_config)

@@ -532,7 +532,7 @@ def test_maskgit_generation_reveal_counts(maskgit):
         chex.assert_shape(final, (BATCH, MASKGIT_LEN))
         chex.assert_shape(history, (STEPS, BATCH, MASKGIT_LEN))
         assert final.dtype == jnp.int32
-        expected = sampling.masked_counts(MASKGIT_LEN, STEPS)
+        expected = np.asarray(_reference_counts(MASKGIT_LEN, STEPS, "cosine")[0])
         np.testing.assert_array_equal(_mask_counts(history), np.repeat(expected[:, None], BATCH, axis=1))
         assert np.all((np.asarray(final) >= 0) & (np.asarray(final) < VOCAB))
         _check_revealed_tokens_stay(history, final)
@@ -595,8 +595,8 @@ def test_maskgit_inpainting_keeps_known_tokens(guided, maskgit):
             np.testing.assert_array_equal(step[~token_mask], known[~token_mask])
         assert np.all((final >= 0) & (final < VOCAB))
         _check_revealed_tokens_stay(history, final)
-        # Each row reveals its n masked tokens following masked_counts(n, T).
-        expected = np.stack([sampling.masked_counts(int(n), STEPS) for n in token_mask.sum(axis=-1)], axis=1)
+        # Each row reveals its n masked tokens as the schedule says (the exact-arithmetic counts).
+        expected = np.stack([_reference_counts(int(n), STEPS, "cosine")[0] for n in token_mask.sum(axis=-1)], axis=1)
         np.testing.assert_array_equal(_mask_counts(history), expected)
         # The tokens under the mask are not read: other values there give the same result.
         scrambled = np.where(token_mask, (known + 5) % VOCAB, known)
@@ -613,7 +613,7 @@ def test_maskgit_reveal_counts_follow_masked_counts_linear(maskgit):
     tokens = jnp.zeros((BATCH, MASKGIT_LEN), jnp.int32)
     _, history = maskgit.maskgit(_key(0), LABELS, tokens=tokens, token_mask=jnp.asarray(token_mask),
                                  num_steps=6, schedule="linear")
-    expected = sampling.masked_counts(12, 6, "linear")
+    expected = np.asarray(_reference_counts(12, 6, "linear")[0])
     np.testing.assert_array_equal(_mask_counts(history), np.repeat(expected[:, None], BATCH, axis=1))
 
 
