@@ -1,5 +1,5 @@
 """The shared body of the training entry points (`experiments.vqvae`, `experiments.vqgan`,
-`experiments.transformer`)."""
+`experiments.transformer`, `experiments.diffusion`)."""
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -18,7 +18,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def run(family: str) -> None:
-    """Parses the flags and trains; `family` ('vqvae' | 'vqgan' | 'prior') must be the
+    """Parses the flags and trains; `family` ('vqvae' | 'vqgan' | 'prior' | 'diffusion') must be the
     config's `family`, else the right command is named."""
 
     def main(argv):

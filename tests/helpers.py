@@ -26,18 +26,22 @@ def _training_config_names():
                   if f.endswith(".py") and not f.startswith("_") and f not in NOT_TRAINING)
 
 
-def is_prior_config(name) -> bool:
-    return load_config(name).family == "prior"
+def _family(name) -> str:
+    return load_config(name).family
 
 
 def config_names():
     """The tokenizer experiments' config files."""
-    return [name for name in _training_config_names() if not is_prior_config(name)]
+    return [name for name in _training_config_names() if _family(name) in ("vqvae", "vqgan")]
 
 
 def prior_config_names():
     """The prior (transformer) experiments' config files."""
-    return [name for name in _training_config_names() if is_prior_config(name)]
+    return [name for name in _training_config_names() if _family(name) == "prior"]
+
+
+def diffusion_config_names():
+    return [name for name in _training_config_names() if _family(name) == "diffusion"]
 
 
 def load_config(name, arg=None):

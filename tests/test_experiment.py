@@ -56,7 +56,7 @@ def _metrics(workdir):
 
 
 def test_every_family_is_registered_with_an_entry_point():
-    assert set(families.FAMILIES) == set(families.ENTRY_POINTS) == {"vqvae", "vqgan", "prior"}
+    assert set(families.FAMILIES) == set(families.ENTRY_POINTS) == {"vqvae", "vqgan", "prior", "diffusion"}
 
 
 @pytest.mark.parametrize("family", sorted(families.FAMILIES))
@@ -97,7 +97,8 @@ def test_preempted_and_resumed_run_equals_an_uninterrupted_one(family, trained_v
     assert rate in (tokenizer_metrics if family == "vqgan" else resumed)
     with open(os.path.join(resumed_dir, "config.json")) as f:
         assert json.load(f)["family"] == family
-    expected_files = {"vqvae": "reconstructions.png", "vqgan": "reconstructions.png", "prior": "samples.png"}
+    expected_files = {"vqvae": "reconstructions.png", "vqgan": "reconstructions.png", "prior": "samples.png",
+                      "diffusion": "samples.png"}
     assert os.path.exists(os.path.join(resumed_dir, expected_files[family]))
 
 

@@ -1,4 +1,4 @@
-"""`python -m vqjax.convert {taming,lpips,inception} ...`: PyTorch weights -> vqjax files."""
+"""`python -m vqjax.convert {taming,lpips,inception,diffusers} ...`: PyTorch weights -> vqjax files."""
 
 from __future__ import annotations
 
@@ -30,6 +30,12 @@ def _inception(args) -> None:
     print(f"Wrote FID InceptionV3 weights to {args.out}.")
 
 
+def _diffusers(args) -> None:
+    from vqjax.convert import diffusers
+
+    print(diffusers.convert_pipeline(args.pipeline, args.out, overwrite=args.overwrite))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m vqjax.convert",
                                      description="PyTorch weights -> vqjax weight files.")
@@ -55,6 +61,13 @@ def main(argv=None) -> None:
     inc.add_argument("--pth", required=True, help="pt_inception-2015-12-05-6726825d.pth")
     inc.add_argument("--out", required=True, help="output file")
     inc.set_defaults(run=_inception)
+
+    df = sub.add_parser("diffusers", help="a diffusers DDPM pipeline (google/ddpm-*) -> a vqjax diffusion "
+                        "directory for vqjax.diffusion.load")
+    df.add_argument("--pipeline", required=True, help="directory with unet/ and scheduler/ (save_pretrained)")
+    df.add_argument("--out", required=True, help="output directory (created)")
+    df.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
+    df.set_defaults(run=_diffusers)
 
     args = parser.parse_args(argv)
     try:

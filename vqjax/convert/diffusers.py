@@ -146,3 +146,93 @@ def unet_params(state: dict, expected: Any, kwargs: dict, source: str) -> dict:
         raise ValueError(f"{source} has tensors the U-Net of its config does not use: "
                          f"{', '.join(unused[:5])}{' ...' if len(unused) > 5 else ''}; {hint}")
     return jax.tree.map(np.asarray, params)
+
+
+# ----------------------------------------------------------------------------------------
+# A DDPM pipeline directory -> a vqjax diffusion directory.
+
+BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "sqrt_linear", "squaredcos_cap_v2": "cosine"}
+PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
+VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned_range")
+
+
+def diffusion_settings(scheduler: dict, source: str) -> dict:
+    """`config.diffusion` fields from a diffusers scheduler_config.json."""
+    if scheduler.get("trained_betas") is not None:
+        raise ValueError(f"{source}: trained_betas are not supported; vqjax's schedules are "
+                         f"{', '.join(BETA_SCHEDULES)}.")
+    schedule = scheduler.get("beta_schedule", "linear")
+    prediction = scheduler.get("prediction_type", "epsilon")
+    variance = scheduler.get("variance_type", "fixed_small")
+    for value, known, key in ((schedule, BETA_SCHEDULES, "beta_schedule"), (prediction, PREDICTION_TYPES, "prediction_type"),
+                              (variance, VARIANCE_TYPES, "variance_type")):
+        if value not in known:
+            raise ValueError(f"{source}: {key}={value!r} is not supported; vqjax takes {', '.join(known)}.")
+    return dict(schedule=BETA_SCHEDULES[schedule], num_timesteps=int(scheduler.get("num_train_timesteps", 1000)),
+                beta_start=float(scheduler.get("beta_start", 1e-4)), beta_end=float(scheduler.get("beta_end", 0.02)),
+                prediction=PREDICTION_TYPES[prediction], variance=variance,
+                clip_x0=bool(scheduler.get("clip_sample", True)))
+
+
+def _read_unet_state(unet_dir, source: str) -> dict:
+    weights = unet_dir / "diffusion_pytorch_model.safetensors"
+    if weights.exists():
+        from safetensors.numpy import load as load_safetensors  # a tensor format: no code runs on load
+
+        return load_safetensors(weights.read_bytes())
+    pickled = unet_dir / "diffusion_pytorch_model.bin"
+    if pickled.exists():
+        from vqjax.convert.torch_io import load_torch_state
+
+        return load_torch_state(str(pickled))
+    raise ValueError(f"{source} has no unet/diffusion_pytorch_model.safetensors (or .bin); pass the directory "
+                     "DDPMPipeline.save_pretrained wrote (it holds unet/ and scheduler/).")
+
+
+def convert_pipeline(pipeline: str, out: str, *, overwrite: bool = False) -> str:
+    """Writes the vqjax diffusion directory `out` from a diffusers DDPM pipeline directory;
+    returns a summary line for the command."""
+    from vqjax.convert.taming import move_model_into
+    from vqjax.core import checkpoints, paths
+    from vqjax.families import defaults
+    from vqjax.inference import diffusion as diffusion_lib
+
+    root = paths.resolve(pipeline)
+    if not (root / "unet" / "config.json").exists():
+        raise ValueError(f"{pipeline} has no unet/config.json; pass a diffusers pipeline directory (as "
+                         "DDPMPipeline.save_pretrained writes it and the google/ddpm-* releases ship it).")
+    existing = paths.join(out, "checkpoints")
+    if existing.is_dir() and any(existing.iterdir()) and not overwrite:
+        raise ValueError(f"{out} already holds a model; pass --overwrite to replace it, or choose another --out.")
+    unet_config = paths.read_json(root / "unet" / "config.json")
+    scheduler_path = root / "scheduler" / "scheduler_config.json"
+    scheduler = paths.read_json(scheduler_path) if scheduler_path.exists() else {}
+    kwargs = unet_kwargs(unet_config, f"{pipeline}/unet/config.json")
+    settings = diffusion_settings(scheduler, f"{pipeline}/scheduler/scheduler_config.json")
+    channels = kwargs["out_channels"] // (2 if settings["variance"] == "learned_range" else 1)
+    if unet_config.get("in_channels", 3) != channels:
+        raise ValueError(f"{pipeline}: the U-Net takes {unet_config.get('in_channels')} input channels for "
+                         f"{channels} output channels; only unconditioned DDPM pipelines convert.")
+
+    config = defaults.diffusion_base()
+    config.model.update({k: v for k, v in kwargs.items() if k != "out_channels"})
+    config.diffusion.update(settings)
+    size = unet_config["sample_size"]
+    config.data.update(image_size=size[0] if isinstance(size, (list, tuple)) else size, channels=channels)
+    spec = diffusion_lib.DiffusionSpec.from_config(config.diffusion)
+    model = diffusion_lib.build_unet(config.model, channels, spec)
+    shape = diffusion_lib.image_shape_of(config)
+    expected = jax.eval_shape(lambda: diffusion_lib.init_params(model, jax.random.key(0), shape, spec))
+    params = unet_params(_read_unet_state(root / "unet", pipeline), expected, kwargs, f"{pipeline}/unet")
+
+    final = paths.resolve(out)
+    staging = final.with_name(final.name + ".converting")
+    paths.remove_tree(staging)
+    paths.makedirs(staging)
+    checkpoints.save_tree(str(staging), 0, {"params": params})
+    checkpoints.write_config(str(staging), config)
+    paths.write_json(staging / "conversion.json", {"pipeline": str(root), "imported": ["unet", "scheduler"]})
+    move_model_into(staging, final)
+    count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    return (f"Wrote {out}: a {count:,}-parameter U-Net, T={settings['num_timesteps']} {settings['schedule']} "
+            f"schedule, {settings['prediction']} prediction.\nUse it with vqjax.diffusion.load({out!r}).")

@@ -7,6 +7,7 @@ loop, checkpoints, resume, init_from and metrics.json come with it.
 from __future__ import annotations
 
 from vqjax.families.base import Family
+from vqjax.families.diffusion import DiffusionFamily
 from vqjax.families.prior import PriorFamily
 from vqjax.families.vqgan import VQGANFamily
 from vqjax.families.vqvae import VQVAEFamily
@@ -15,9 +16,11 @@ FAMILIES: dict[str, type[Family]] = {
     "vqvae": VQVAEFamily,
     "vqgan": VQGANFamily,
     "prior": PriorFamily,
+    "diffusion": DiffusionFamily,
 }
 # The entry point that trains each family (the configs' docstrings give the commands).
-ENTRY_POINTS = {"vqvae": "experiments.vqvae", "vqgan": "experiments.vqgan", "prior": "experiments.transformer"}
+ENTRY_POINTS = {"vqvae": "experiments.vqvae", "vqgan": "experiments.vqgan", "prior": "experiments.transformer",
+                "diffusion": "experiments.diffusion"}
 
 
 def build(config, *, mesh, workdir: str, **kwargs) -> Family:

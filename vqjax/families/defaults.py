@@ -249,3 +249,90 @@ def shrink_prior_for_smoke(config: ml_collections.ConfigDict) -> ml_collections.
     config.evals.update(num_eval_batches=2, num_fid_samples=16)
     config.sampling.update(num_samples=8, num_steps=4)
     return config
+
+
+def diffusion_base() -> ml_collections.ConfigDict:
+    """DDPM on CIFAR-10 (Ho et al. 2020): the U-Net of 35.7 M parameters, T = 1000 linear betas
+    1e-4 .. 0.02, eps prediction with L_simple, Adam 2e-4 with 5000 warm-up steps, gradient
+    clipping at 1, batch 128, weight average 0.9999, dropout 0.1, random flips."""
+    config = ml_collections.ConfigDict()
+    config.family = "diffusion"
+    config.seed = 0
+    config.init_from = ""
+    config.data = vqvae_base().data
+    config.data.update(crop="random", random_flip=True, batch_size=128, eval_batch_size=256)
+    config.model = dict(
+        channels=128,
+        channel_mult=(1, 2, 2, 2),
+        num_res_blocks=2,
+        attention_resolutions=(16,),
+        dropout=0.1,
+        num_heads=1,
+        head_channels=-1,  # > 0: heads of this width (ADM: 64) instead of num_heads
+        scale_shift_norm=False,  # ADM: the timestep sets GroupNorm's scale and shift
+        resblock_updown=False,  # ADM: residual blocks resample instead of convolutions
+        num_classes=0,  # > 0: class-conditional (labels 0..num_classes-1; num_classes = no class)
+        downsample_padding=0,  # 0: DDPM's bottom/right padding; 1: every side (ADM)
+        flip_sin_to_cos=False,  # DDPM (sin, cos) embeddings; ADM: True with freq_shift 0
+        freq_shift=1.0,
+        norm_groups=32,
+        norm_eps=1e-6,
+        dtype="float32",
+    )
+    config.diffusion = dict(
+        schedule="linear",  # 'linear' | 'cosine' | 'sqrt_linear'
+        num_timesteps=1000,
+        beta_start=1e-4,
+        beta_end=0.02,
+        prediction="eps",  # 'eps' | 'x0' | 'v'
+        variance="fixed_large",  # 'fixed_large' (DDPM's CIFAR-10 samples) | 'fixed_small' | 'learned_range'
+        vlb_weight=0.001,  # improved DDPM's hybrid objective (learned_range only)
+        cond_drop=0.0,  # > 0 with num_classes: classifier-free guidance training
+        low_res_size=0,  # > 0: super-resolution from low_res_size x low_res_size images
+        clip_x0=True,
+    )
+    config.optim = dict(
+        name="adam",
+        learning_rate=2e-4,
+        b1=0.9,
+        b2=0.999,
+        eps=1e-8,
+        weight_decay=0.0,
+        schedule="constant",
+        warmup_steps=5000,
+        final_lr_fraction=0.0,
+        grad_clip_norm=1.0,
+        scale_lr_by_batch=False,
+        params_ema_decay=0.9999,
+    )
+    config.train = dict(num_steps=800_000, log_steps=100, eval_steps=10_000, ckpt_steps=10_000,
+                        keep_checkpoints=3, tensorboard=True, cpu_convolutions="ynnpack")
+    config.evals = dict(
+        num_eval_batches=-1,
+        bpd_timesteps=4,  # timesteps per test image of the unbiased bits/dim estimate
+        inception_path="",  # FID / IS / KID of samples (python -m vqjax.convert inception)
+        num_fid_samples=10_000,
+        num_sr_images=64,  # super-resolution: test images upsampled for PSNR / SSIM
+    )
+    config.sampling = dict(
+        seed=0,
+        num_samples=16,
+        sampler="ddim",  # 'ddim' | 'ddpm' | 'dpm_solver'
+        steps=50,
+        spacing="uniform",  # 'uniform' | 'quadratic' | 'linspace' | 'trailing'
+        eta=0.0,
+        guidance_scale=1.0,
+    )
+    return config
+
+
+def shrink_diffusion_for_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    config.model.update(channels=16, channel_mult=(1, 2), num_res_blocks=1, norm_groups=8,
+                        attention_resolutions=(config.data.image_size // 2,))
+    config.diffusion.num_timesteps = 100
+    config.data.update(batch_size=8, eval_batch_size=8)
+    config.optim.warmup_steps = 0
+    config.train.update(num_steps=4, log_steps=2, eval_steps=2, ckpt_steps=2)
+    config.evals.update(num_eval_batches=2, num_fid_samples=16, num_sr_images=8)
+    config.sampling.update(num_samples=8, steps=5)
+    return config

@@ -1,0 +1,264 @@
+"""The diffusion family, its configs, `vqjax.diffusion.load` and the diffusers converter."""
+
+import json
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import vqjax.diffusion
+from tests.helpers import diffusion_config_names, load_config
+from vqjax.convert import cli as convert_cli
+from vqjax.core import optim, parallel
+from vqjax.diffusion import process
+from vqjax.diffusion.schedules import make_schedule
+from vqjax.families.diffusion import DiffusionFamily, ema_decay_at, objective
+from vqjax.inference import diffusion as diffusion_lib
+from vqjax.train import experiment
+
+
+@pytest.mark.parametrize("name", diffusion_config_names())
+@pytest.mark.parametrize("arg", [None, "smoke"])
+def test_config_builds_its_unet(name, arg):
+    config = load_config(name, arg)
+    config.lock()
+    spec = diffusion_lib.DiffusionSpec.from_config(config.diffusion)
+    shape = diffusion_lib.image_shape_of(config)
+    model = diffusion_lib.build_unet(config.model, shape[-1], spec)
+    model.check_input(*shape[:2])
+    params = jax.eval_shape(lambda: diffusion_lib.init_params(model, jax.random.key(0), shape, spec))
+    assert optim.count_params(params) > 0
+    assert config.evals.bpd_timesteps >= 1 and config.sampling.steps <= config.diffusion.num_timesteps
+
+
+def test_ddpm_cifar10_config_has_the_papers_settings():
+    config = load_config("ddpm_cifar10")
+    spec = diffusion_lib.DiffusionSpec.from_config(config.diffusion)
+    model = diffusion_lib.build_unet(config.model, 3, spec)
+    params = jax.eval_shape(lambda: diffusion_lib.init_params(model, jax.random.key(0), (32, 32, 3), spec))
+    assert optim.count_params(params) == 35_746_307  # 35.7 M (Ho et al. 2020, appendix B)
+    assert (spec.schedule, spec.num_timesteps, spec.beta_start, spec.beta_end, spec.prediction) == \
+        ("linear", 1000, 1e-4, 0.02, "eps")
+    assert (config.optim.learning_rate, config.optim.warmup_steps, config.optim.grad_clip_norm,
+            config.optim.params_ema_decay, config.data.batch_size, config.model.dropout) == \
+        (2e-4, 5000, 1.0, 0.9999, 128, 0.1)
+    assert config.data.random_flip and tuple(config.model.attention_resolutions) == (16,)
+
+
+def test_weight_average_warm_up():
+    decays = np.asarray(ema_decay_at(jnp.array([0, 1, 90, 10**6]), 0.9999))
+    np.testing.assert_allclose(decays, [1 / 10, 2 / 11, 91 / 100, 0.9999], rtol=1e-6)
+
+
+def _family(config, mesh=None):
+    return DiffusionFamily(config, mesh=mesh or parallel.make_mesh(), workdir="")
+
+
+def test_train_step_compiles_once_and_learns():
+    config = load_config("diffusion_quickstart", "smoke")
+    family = _family(config)
+    mesh = family.mesh
+    batch = parallel.to_global(family.example(), mesh)
+    state = jax.jit(family.create, out_shardings=parallel.replicated(mesh))(jax.random.key(0), batch)
+    step = jax.jit(chex.assert_max_traces(family.train_step, n=1))
+    losses = []
+    for _ in range(40):
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+    assert int(state.step) == 40 and np.all(np.isfinite(losses))
+    assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:5])
+    assert set(metrics) >= {"loss", "grad_norm", "mse"}
+
+
+def test_one_device_and_four_devices_give_the_same_state():
+    config = load_config("diffusion_quickstart", "smoke")
+    config.diffusion.cond_drop = 0.0
+    states, metrics = [], []
+    for devices in (jax.devices()[:1], jax.devices()[:4]):
+        family = _family(config, parallel.make_mesh(devices))
+        batch = parallel.to_global(family.example(), family.mesh)
+        state = jax.jit(family.create, out_shardings=parallel.replicated(family.mesh))(jax.random.key(0), batch)
+        for _ in range(2):
+            state, step_metrics = jax.jit(family.train_step)(state, batch)
+        states.append(jax.device_get(state.params))
+        metrics.append(jax.device_get(step_metrics))
+    chex.assert_trees_all_close(metrics[0], metrics[1], rtol=1e-5)
+    # Attention key biases have no gradient (softmax ignores a shift shared by all keys): Adam
+    # turns their round-off into steps of the learning rate's size, so they are left out.
+    without_key_bias = lambda params: {jax.tree_util.keystr(path): leaf for path, leaf
+                                       in jax.tree_util.tree_leaves_with_path(params)
+                                       if "'k'" not in jax.tree_util.keystr(path)}
+    chex.assert_trees_all_close(without_key_bias(states[0]), without_key_bias(states[1]), atol=2e-5)
+
+
+def test_learned_variance_trains_the_variance_by_the_bound_only():
+    """The hybrid objective: the bound's gradient reaches the variance outputs, never the mean's
+    (improved DDPM's stop-gradient), so the mean outputs' gradient is L_simple's alone."""
+    schedule = make_schedule("linear", 1000)
+    rng = np.random.default_rng(0)
+    images, noise = (jnp.asarray(rng.uniform(-1, 1, (4, 8, 8, 3)), jnp.float32) for _ in range(2))
+    t = jnp.array([0, 3, 500, 999])
+    x_t = process.q_sample(schedule, images, t, noise)
+    output = jnp.asarray(rng.normal(size=(4, 8, 8, 6)), jnp.float32)
+
+    def gradient(vlb_weight):
+        spec = diffusion_lib.DiffusionSpec(variance="learned_range", vlb_weight=vlb_weight)
+        return jax.grad(lambda out: jnp.mean(objective(spec, schedule, out, images, x_t, t, noise)[0]))(output)
+
+    without, with_bound = gradient(0.0), gradient(0.001)
+    np.testing.assert_array_equal(with_bound[..., :3], without[..., :3])
+    np.testing.assert_allclose(without[..., :3], 2 * (output[..., :3] - noise) / (4 * 8 * 8 * 3), rtol=1e-5)
+    assert float(jnp.abs(without[..., 3:]).max()) == 0.0
+    assert float(jnp.abs(with_bound[..., 3:]).max()) > 0.0
+
+
+@pytest.fixture(scope="module")
+def trained_diffusion(tmp_path_factory):
+    """The smoke quickstart, trained to its end (4 steps) in a workdir."""
+    workdir = str(tmp_path_factory.mktemp("diffusion"))
+    metrics = experiment.train_and_evaluate(load_config("diffusion_quickstart", "smoke"), workdir)
+    return workdir, metrics
+
+
+def test_smoke_run_writes_samples_and_a_bits_per_dim(trained_diffusion):
+    workdir, metrics = trained_diffusion
+    assert os.path.exists(os.path.join(workdir, "samples.png"))
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        saved = json.load(f)
+    assert np.isfinite(saved["bits_per_dim"]) and saved["bpd_timesteps_per_image"] == 4
+    assert saved["bpd_num_images"] == 16  # 2 eval batches of 8
+    assert "fid" in saved["skipped"]
+
+
+def test_loaded_model_samples_inpaints_and_scores(trained_diffusion):
+    workdir, _ = trained_diffusion
+    model = vqjax.diffusion.load(workdir)
+    noise = jax.random.normal(jax.random.key(5), (3,) + model.image_shape)
+    a = model.sample(jax.random.key(0), 3, steps=4, noise=noise)
+    b = model.sample(jax.random.key(1), 3, steps=4, noise=noise)
+    assert a.shape == (3, 32, 32, 3)
+    np.testing.assert_array_equal(a, b)  # DDIM with eta 0 from the same x_T
+    c = model.sample(jax.random.key(1), 3, steps=4, sampler="ddpm")
+    assert np.all(np.abs(np.asarray(c)) <= 1.0 + 1e-6)
+    images = np.asarray(a)
+    mask = np.zeros((32, 32), np.float32)
+    mask[:, :16] = 1
+    filled = np.asarray(model.inpaint(images, mask, jax.random.key(2), steps=4))
+    np.testing.assert_allclose(filled[:, :, :16], images[:, :, :16], atol=1e-6)
+    bpd = model.bits_per_dim(images, jax.random.key(3), num_timesteps=2)
+    assert bpd.shape == (3,) and np.all(np.isfinite(np.asarray(bpd)))
+
+
+def test_errors_are_sentences(trained_diffusion):
+    workdir, _ = trained_diffusion
+    model = vqjax.diffusion.load(workdir)
+    with pytest.raises(ValueError, match="Unknown sampler 'euler'"):
+        model.sample(jax.random.key(0), 2, sampler="euler")
+    with pytest.raises(ValueError, match="between 1 and 100 .* not 101"):
+        model.sample(jax.random.key(0), 2, steps=101)
+    with pytest.raises(ValueError, match="unconditional; call it without labels"):
+        model.sample(jax.random.key(0), 2, labels=[0, 1])
+    with pytest.raises(ValueError, match=r"images must be \[B, 32, 32, 3\]"):
+        model.bits_per_dim(np.zeros((2, 30, 30, 3)), jax.random.key(0))
+    with pytest.raises(ValueError, match="only super-resolution models"):
+        model.upsample(np.zeros((2, 8, 8, 3)), jax.random.key(0))
+    config = load_config("diffusion_quickstart", "smoke")
+    config.diffusion.schedule = "cosin"
+    with pytest.raises(ValueError, match="config.diffusion.schedule is 'cosin'"):
+        _family(config)
+    config = load_config("diffusion_quickstart", "smoke")
+    config.data.image_size = 31
+    with pytest.raises(ValueError, match="multiples of 2; got 31x31"):
+        _family(config)
+    with pytest.raises(ValueError, match="holds a vqvae model, not a diffusion model"):
+        vqjax.diffusion.load(_tokenizer_dir(trained_diffusion))
+
+
+def _tokenizer_dir(trained_diffusion):
+    """A workdir of another family (a vqvae config.json beside an empty checkpoints/)."""
+    workdir = os.path.join(os.path.dirname(trained_diffusion[0]), "not_diffusion")
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(load_config("vqvae_quickstart", "smoke").to_json())
+    return workdir
+
+
+def test_class_conditional_model_with_guidance():
+    config = load_config("diffusion_quickstart", "smoke")
+    config.model.num_classes = 8
+    config.diffusion.cond_drop = 0.2
+    family = _family(config)
+    batch = parallel.to_global(family.example(), family.mesh)
+    state = jax.jit(family.create, out_shardings=parallel.replicated(family.mesh))(jax.random.key(0), batch)
+    state, metrics = jax.jit(family.train_step)(state, batch)
+    assert np.isfinite(float(metrics["loss"]))
+    model = diffusion_lib.Diffusion(config, family.spec, family.model, jax.device_get(state.params), family.image_shape)
+    guided = model.sample(jax.random.key(0), 2, labels=[1, 2], steps=3, guidance_scale=3.0)
+    plain = model.sample(jax.random.key(0), 2, labels=[1, 2], steps=3)
+    assert guided.shape == plain.shape and not np.allclose(guided, plain)
+    with pytest.raises(ValueError, match=r"labels must be 2 classes in \[0, 8\]"):
+        model.sample(jax.random.key(0), 2, labels=[1, 9])
+
+
+def test_super_resolution_smoke_run(tmp_path):
+    config = load_config("sr_quickstart", "smoke")
+    metrics = experiment.train_and_evaluate(config, str(tmp_path))
+    assert os.path.exists(tmp_path / "superres.png")
+    assert {"sr_psnr", "sr_ssim", "bicubic_psnr", "bicubic_ssim"} <= set(metrics)
+    assert metrics["sr_num_images"] == config.evals.num_sr_images
+    model = vqjax.diffusion.load(str(tmp_path))
+    size = config.diffusion.low_res_size
+    out = model.upsample(np.zeros((2, size, size, 3), np.float32), jax.random.key(0), steps=3)
+    assert out.shape == (2, 32, 32, 3)
+    with pytest.raises(ValueError, match="super-resolution model: call upsample"):
+        model.sample(jax.random.key(0), 2, steps=3)
+
+
+# ----------------------------------------------------------------------------------------
+# diffusers pipelines.
+
+
+def test_converted_diffusers_pipeline_samples_what_diffusers_does(tmp_path):
+    """The same x_T through DDIM (10 steps, eta 0, x_0 clipped with eps re-derived) in diffusers
+    (UNet2DModel + DDIMScheduler, on the CPU in float32) and in vqjax after conversion."""
+    torch = pytest.importorskip("torch")
+    diffusers = pytest.importorskip("diffusers")
+    from tests.test_unet import SMALL_DDPM, _diffusers_unet
+
+    unet = _diffusers_unet(SMALL_DDPM)
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", variance_type="fixed_large")
+    diffusers.DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(str(tmp_path / "pipeline"))
+    convert_cli.main(["diffusers", "--pipeline", str(tmp_path / "pipeline"), "--out", str(tmp_path / "model")])
+    model = vqjax.diffusion.load(str(tmp_path / "model"))
+    assert model.image_shape == (16, 16, 3) and model.spec.variance == "fixed_large"
+
+    x_T = np.random.default_rng(0).normal(size=(2, 16, 16, 3)).astype(np.float32)
+    ours = np.asarray(model.sample(jax.random.key(0), 2, steps=10, noise=x_T))
+    ddim = diffusers.DDIMScheduler.from_config(scheduler.config)
+    ddim.set_timesteps(10)
+    x = torch.from_numpy(x_T.transpose(0, 3, 1, 2))
+    with torch.no_grad():
+        for t in ddim.timesteps:
+            x = ddim.step(unet(x, t).sample, t, x, eta=0.0, use_clipped_model_output=True).prev_sample
+    theirs = x.numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(ours, theirs, atol=2e-3)
+
+
+def test_converter_refuses_what_it_cannot_convert(tmp_path):
+    pytest.importorskip("diffusers")
+    with pytest.raises(SystemExit, match="has no unet/config.json"):
+        convert_cli.main(["diffusers", "--pipeline", str(tmp_path), "--out", str(tmp_path / "out")])
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "scheduler").mkdir()
+    from tests.test_unet import SMALL_DDPM
+
+    (tmp_path / "unet" / "config.json").write_text(json.dumps(SMALL_DDPM))
+    (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps({"beta_schedule": "sigmoid"}))
+    with pytest.raises(SystemExit, match="beta_schedule='sigmoid' is not supported"):
+        convert_cli.main(["diffusers", "--pipeline", str(tmp_path), "--out", str(tmp_path / "out")])
+    (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps({}))
+    with pytest.raises(SystemExit, match="no unet/diffusion_pytorch_model.safetensors"):
+        convert_cli.main(["diffusers", "--pipeline", str(tmp_path), "--out", str(tmp_path / "out")])

@@ -1,0 +1,268 @@
+"""The diffusion family (`config.family='diffusion'`): a U-Net trained to denoise images (Ho et
+al. 2020), optionally class-conditional with condition dropout for classifier-free guidance, or
+conditioned on a low-resolution image for super-resolution (SR3, `diffusion.low_res_size`).
+
+Train step: t ~ U{0..T-1}, x_t = sqrt(ab) x_0 + sqrt(1 - ab) eps, L_simple on the network's
+eps / x_0 / v prediction; with a learned variance (`diffusion.variance='learned_range'`) plus
+improved DDPM's lambda x T x L_t with the mean's gradient stopped (the hybrid objective). The
+weight average (`optim.params_ema_decay`, warmed up as min(decay, (1 + n) / (10 + n))) is what
+evaluation and sampling use.
+
+Evaluation: an unbiased estimate of the test bits/dim (`evals.bpd_timesteps` timesteps per
+image, on `evals.num_eval_batches` batches; metrics.json says how many) and the eval L_simple.
+Outputs: samples.png (a row per class for a class-conditional model), FID / IS / KID of
+samples with `evals.inception_path`; super-resolution models write superres.png (low-res input,
+output, original rows) and the PSNR / SSIM of upsampled test images instead.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vqjax.core import images as images_lib, optim, parallel, paths
+from vqjax.data import images as data_lib
+from vqjax.diffusion import process
+from vqjax.eval import metrics as metrics_lib, samples as samples_eval
+from vqjax.families.base import Family
+from vqjax.inference import diffusion as diffusion_lib
+from vqjax.nets import inception as inception_lib
+from vqjax.train.state import TrainState
+
+
+def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
+    """The weight average's decay with warm-up: early averages forget the random init quickly."""
+    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def drop_labels(rng: jax.Array, labels: jax.Array, rate: float, null_label: int) -> jax.Array:
+    if rate <= 0:
+        return labels
+    return jnp.where(jax.random.uniform(rng, labels.shape) < rate, null_label, labels)
+
+
+def objective(spec, schedule, output, images, x_t, t, noise) -> tuple[jax.Array, dict]:
+    """Per-example loss of the network's `output` at (x_t, t): L_simple, plus with a learned
+    variance improved DDPM's vlb_weight x T x L_t, whose gradient reaches only the variance
+    outputs (the mean's is stopped: L_simple trains it)."""
+    channels = images.shape[-1]
+    mse = process.simple_loss(schedule, output[..., :channels], images, t, noise, spec.prediction)
+    aux = {"mse": jnp.mean(mse)}
+    if not spec.learned_variance:
+        return mse, aux
+    frozen_mean = jax.lax.stop_gradient(output[..., :channels])
+    model_x0, _ = process.x0_and_eps(schedule, x_t, t, frozen_mean, spec.prediction)
+    log_var = process.model_log_variance(schedule, t, images, spec.variance, output[..., channels:])
+    vlb = process.vlb_term_bits_per_dim(schedule, images, x_t, t, model_x0, log_var)
+    aux["vlb_bits_per_dim"] = jnp.mean(vlb)
+    return mse + spec.vlb_weight * spec.num_timesteps * vlb, aux
+
+
+class DiffusionFamily(Family):
+    """Reads `config.diffusion`, `model`, `data`, `optim`, `train`, `evals`, `sampling`."""
+
+    name = "diffusion"
+    unit = "images"
+    progress = {"loss": "loss"}
+    final_train_metrics = ("mse",)
+
+    def __init__(self, config, *, mesh, workdir: str = ""):
+        del workdir
+        self.mesh = mesh
+        self.data_cfg, self.evals_cfg, self.sampling_cfg = config.data, config.evals, config.sampling
+        self.spec = diffusion_lib.DiffusionSpec.from_config(config.diffusion)
+        self.schedule = self.spec.make_schedule()
+        self.image_shape = diffusion_lib.image_shape_of(config)
+        self.model = diffusion_lib.build_unet(config.model, self.image_shape[-1], self.spec)
+        self.model.check_input(*self.image_shape[:2])
+        if self.spec.low_res_size and self.image_shape[0] % self.spec.low_res_size:
+            raise ValueError(f"config.diffusion.low_res_size {self.spec.low_res_size} does not divide the image "
+                             f"size {self.image_shape[0]}; pick a divisor (e.g. {self.image_shape[0] // 4}).")
+        self.seed = int(config.seed)
+        self.num_steps = int(config.train.num_steps)
+        self.batch_size = int(config.data.batch_size)
+        self.tx = optim.make_optimizer(config.optim, self.num_steps, self.batch_size)
+        self.schedules = {"learning_rate": optim.make_schedule(config.optim, self.num_steps, self.batch_size)}
+        self.params_ema_decay = float(config.optim.get("params_ema_decay", 0.0))
+        self.compiler_options = parallel.step_compiler_options(config.train.get("cpu_convolutions", "ynnpack"))
+        data_lib.check_split(self.data_cfg, self.data_cfg.eval_split)  # before step 1
+        if self.evals_cfg.inception_path:
+            inception_lib.load_variables(self.evals_cfg.inception_path)  # a bad file found now
+        self._compiled = {}
+
+    # --- Training.
+
+    def example(self) -> dict:
+        batch = next(self.train_batches(0))
+        if self.model.num_classes and int(batch["label"].max()) >= self.model.num_classes:
+            raise ValueError(f"The data has class label {int(batch['label'].max())} but config.model.num_classes "
+                             f"is {self.model.num_classes}; set it to the number of classes (0 = unconditional).")
+        return batch
+
+    def create(self, rng: jax.Array, batch: dict) -> TrainState:
+        del batch
+        params = diffusion_lib.init_params(self.model, rng, self.image_shape, self.spec)
+        return TrainState.create(seed=self.seed, params=params, tx=self.tx, params_ema_decay=self.params_ema_decay)
+
+    def condition(self, images: jax.Array):
+        """The U-Net's extra input for these images: their bicubic-upsampled low-resolution
+        version for super-resolution, else None."""
+        if not self.spec.low_res_size:
+            return None
+        return diffusion_lib.low_res_condition(images, self.spec.low_res_size)[1]
+
+    def labels(self, batch: dict):
+        return batch["label"] if self.model.num_classes else None
+
+    def loss_fn(self, params, images, labels, rng):
+        spec = self.spec
+        t_rng, noise_rng, drop_rng, dropout_rng = jax.random.split(rng, 4)
+        t = jax.random.randint(t_rng, images.shape[:1], 0, spec.num_timesteps)
+        noise = jax.random.normal(noise_rng, images.shape)
+        x_t = process.q_sample(self.schedule, images, t, noise)
+        if labels is not None:
+            labels = drop_labels(drop_rng, labels, spec.cond_drop, self.model.num_classes)
+        output = self.model.apply({"params": params}, x_t, t, labels, self.condition(images), train=True,
+                                  rngs={"dropout": dropout_rng})
+        loss, aux = objective(spec, self.schedule, output, images, x_t, t, noise)
+        return jnp.mean(loss), aux
+
+    def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        """batch {'image' [B, H, W, C] in [-1, 1], 'label' [B]}."""
+        (loss, aux), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(
+            state.params, batch["image"], self.labels(batch), state.step_rng())
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = optim.update_ema_params(state.ema_params, params, ema_decay_at(state.step, self.params_ema_decay))
+        state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
+        return state, {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+
+    def train_batches(self, start_step: int) -> Iterator[dict]:
+        return data_lib.make_dataset(self.data_cfg, self.data_cfg.train_split, train=True, start_step=start_step)
+
+    # --- Evaluation.
+
+    def _jit(self, name: str, fn, **kwargs):
+        if name not in self._compiled:
+            self._compiled[name] = jax.jit(fn, out_shardings=parallel.replicated(self.mesh), **kwargs)
+        return self._compiled[name]
+
+    def eval_batches(self) -> Iterator[dict]:
+        return data_lib.make_dataset(self.data_cfg, self.data_cfg.eval_split, self.data_cfg.eval_batch_size,
+                                     train=False)
+
+    def evaluate(self, state: TrainState) -> dict:
+        """Test bits/dim (an unbiased estimate, `evals.bpd_timesteps` timesteps per image) and the
+        L_simple of the eval split, over `evals.num_eval_batches` batches (-1 = all)."""
+        timesteps = int(self.evals_cfg.bpd_timesteps)
+
+        def eval_step(params, batch, rng):
+            images, mask = batch["image"], batch["mask"]
+            denoise = lambda x, t: self.model.apply({"params": params}, x, t, self.labels(batch),
+                                                    self.condition(images))
+            bpd = diffusion_lib.bits_per_dim_estimate(denoise, self.spec, images, rng, timesteps)
+            mse, _ = self.loss_fn(params, images, self.labels(batch), jax.random.fold_in(rng, 1))
+            return {"bpd_sum": jnp.sum(bpd * mask), "count": jnp.sum(mask), "mse_sum": mse * jnp.sum(mask)}
+
+        step = self._jit("eval", eval_step)
+        params = state.eval_params
+        sums = {"bpd_sum": 0.0, "count": 0.0, "mse_sum": 0.0}
+        limit = int(self.evals_cfg.num_eval_batches)
+        for index, batch in enumerate(self.eval_batches()):
+            if 0 <= limit <= index:
+                break
+            out = jax.device_get(step(params, parallel.to_global(batch, self.mesh),
+                                      jax.random.fold_in(jax.random.key(self.seed), index)))
+            sums = {k: sums[k] + float(out[k]) for k in sums}
+        count = max(sums["count"], 1.0)
+        return {"bits_per_dim": sums["bpd_sum"] / count, "eval_mse": sums["mse_sum"] / count,
+                "bpd_num_images": int(sums["count"]), "bpd_timesteps_per_image": timesteps,
+                "bpd_estimate": f"unbiased: L_T + T x the mean of L_t over {timesteps} uniform timesteps per image"}
+
+    def _sample(self, params, rng, count: int, labels=None, cond=None) -> np.ndarray:
+        settings = {k: self.sampling_cfg[k] for k in ("sampler", "steps", "spacing", "eta", "guidance_scale")}
+        x_T = jax.random.normal(jax.random.fold_in(rng, 7), (count,) + self.image_shape)
+        images = diffusion_lib.generate_jit(self.model, params, self.spec, rng, x_T, labels, cond, None, None,
+                                             None, strength=1.0, **settings)
+        return np.clip(np.asarray(jax.device_get(images)), -1.0, 1.0)
+
+    def sample_rows(self, params) -> list[np.ndarray]:
+        """Rows of samples.png: a row per class for a class-conditional model; super-resolution
+        models: low-res inputs, outputs and originals of the first eval images."""
+        rng = jax.random.key(int(self.sampling_cfg.seed))
+        count = int(self.sampling_cfg.num_samples)
+        if self.spec.low_res_size:
+            originals = self.first_eval_images(count)
+            low, cond = diffusion_lib.low_res_condition(jnp.asarray(originals), self.spec.low_res_size)
+            outputs = self._sample(params, rng, len(originals), cond=cond)
+            nearest = np.asarray(jax.image.resize(low, originals.shape, "nearest"))
+            return [nearest, outputs, originals]
+        labels = None
+        per_row = min(count, 8)
+        if self.model.num_classes:
+            per_row = self.model.num_classes if self.model.num_classes <= count else per_row
+            labels = jnp.arange(count, dtype=jnp.int32) % self.model.num_classes
+        images = self._sample(params, rng, count, labels=labels)
+        return [images[i : i + per_row] for i in range(0, count - count % per_row, per_row)]
+
+    def first_eval_images(self, count: int) -> np.ndarray:
+        batch = next(data_lib.make_dataset(self.data_cfg, self.data_cfg.eval_split, count, train=False,
+                                           process_index=0, process_count=1))
+        return batch["image"][: int(batch["mask"].sum())]
+
+    def eval_images(self, state: TrainState) -> dict[str, np.ndarray]:
+        name = "superres" if self.spec.low_res_size else "samples"
+        return {name: images_lib.image_grid(self.sample_rows(jax.device_get(state.eval_params)))}
+
+    def finish(self, state: TrainState, workdir: str) -> dict:
+        params = jax.device_get(state.eval_params)
+        rows = self.sample_rows(params)
+        name = "superres.png" if self.spec.low_res_size else "samples.png"
+        if jax.process_index() == 0:
+            images_lib.save_png(paths.join(workdir, name), images_lib.image_grid(rows))
+        if self.spec.low_res_size:
+            return self.super_resolution_metrics(params)
+        return self.sample_quality(params)
+
+    def super_resolution_metrics(self, params) -> dict:
+        """PSNR / SSIM of `evals.num_sr_images` upsampled test images against the originals, and
+        of their bicubic upsampling (the baseline the model must beat)."""
+        originals = self.first_eval_images(int(self.evals_cfg.num_sr_images))
+        low, cond = diffusion_lib.low_res_condition(jnp.asarray(originals), self.spec.low_res_size)
+        outputs = self._sample(params, jax.random.key(int(self.sampling_cfg.seed) + 1), len(originals), cond=cond)
+        return {"sr_psnr": float(jnp.mean(metrics_lib.psnr(outputs, originals))),
+                "sr_ssim": float(jnp.mean(metrics_lib.ssim(outputs, originals))),
+                "bicubic_psnr": float(jnp.mean(metrics_lib.psnr(cond, originals))),
+                "bicubic_ssim": float(jnp.mean(metrics_lib.ssim(cond, originals))),
+                "sr_num_images": len(originals)}
+
+    def sample_quality(self, params) -> dict:
+        """FID / IS / KID of `evals.num_fid_samples` samples against as many eval images."""
+        if not self.evals_cfg.inception_path:
+            return {"skipped": {"fid": "no FID Inception weights (config.evals.inception_path); make them with "
+                                       "`python -m vqjax.convert inception`"}}
+        variables = parallel.replicate(inception_lib.load_variables(self.evals_cfg.inception_path), self.mesh)
+        batch = int(self.data_cfg.eval_batch_size)
+        num_batches = math.ceil(int(self.evals_cfg.num_fid_samples) / batch)
+        rng = jax.random.fold_in(jax.random.key(int(self.sampling_cfg.seed)), 2)
+
+        def fake_batches():
+            for i in range(num_batches):
+                labels = None
+                if self.model.num_classes:
+                    labels = (jnp.arange(batch, dtype=jnp.int32) + i * batch) % self.model.num_classes
+                yield self._sample(params, jax.random.fold_in(rng, i), batch, labels=labels)
+
+        real = (b for _, b in zip(range(num_batches), self.eval_batches()))
+        return samples_eval.sample_quality(fake_batches(), real, variables, self.mesh,
+                                           kid_subset_size=min(1000, num_batches * batch))
+
+    def describe(self, state: TrainState, num_devices: int) -> str:
+        task = f"super-resolution from {self.spec.low_res_size}px" if self.spec.low_res_size else "generation"
+        return (f"diffusion U-Net with {optim.count_params(state.params):,} parameters, T={self.spec.num_timesteps} "
+                f"{self.spec.schedule}, {self.spec.prediction} prediction, {task}, {num_devices} devices")
