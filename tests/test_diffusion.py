@@ -3,7 +3,6 @@
 import json
 import os
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,43 +56,6 @@ def _family(config, mesh=None):
     return DiffusionFamily(config, mesh=mesh or parallel.make_mesh(), workdir="")
 
 
-def test_train_step_compiles_once_and_learns():
-    config = load_config("diffusion_quickstart", "smoke")
-    family = _family(config)
-    mesh = family.mesh
-    batch = parallel.to_global(family.example(), mesh)
-    state = jax.jit(family.create, out_shardings=parallel.replicated(mesh))(jax.random.key(0), batch)
-    step = jax.jit(chex.assert_max_traces(family.train_step, n=1))
-    losses = []
-    for _ in range(40):
-        state, metrics = step(state, batch)
-        losses.append(float(metrics["loss"]))
-    assert int(state.step) == 40 and np.all(np.isfinite(losses))
-    assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:5])
-    assert set(metrics) >= {"loss", "grad_norm", "mse"}
-
-
-def test_one_device_and_four_devices_give_the_same_state():
-    config = load_config("diffusion_quickstart", "smoke")
-    config.diffusion.cond_drop = 0.0
-    states, metrics = [], []
-    for devices in (jax.devices()[:1], jax.devices()[:4]):
-        family = _family(config, parallel.make_mesh(devices))
-        batch = parallel.to_global(family.example(), family.mesh)
-        state = jax.jit(family.create, out_shardings=parallel.replicated(family.mesh))(jax.random.key(0), batch)
-        for _ in range(2):
-            state, step_metrics = jax.jit(family.train_step)(state, batch)
-        states.append(jax.device_get(state.params))
-        metrics.append(jax.device_get(step_metrics))
-    chex.assert_trees_all_close(metrics[0], metrics[1], rtol=1e-5)
-    # Attention key biases have no gradient (softmax ignores a shift shared by all keys): Adam
-    # turns their round-off into steps of the learning rate's size, so they are left out.
-    without_key_bias = lambda params: {jax.tree_util.keystr(path): leaf for path, leaf
-                                       in jax.tree_util.tree_leaves_with_path(params)
-                                       if "'k'" not in jax.tree_util.keystr(path)}
-    chex.assert_trees_all_close(without_key_bias(states[0]), without_key_bias(states[1]), atol=2e-5)
-
-
 def test_learned_variance_trains_the_variance_by_the_bound_only():
     """The hybrid objective: the bound's gradient reaches the variance outputs, never the mean's
     (improved DDPM's stop-gradient), so the mean outputs' gradient is L_simple's alone."""
@@ -136,20 +98,22 @@ def test_smoke_run_writes_samples_and_a_bits_per_dim(trained_diffusion):
 def test_loaded_model_samples_inpaints_and_scores(trained_diffusion):
     workdir, _ = trained_diffusion
     model = vqjax.diffusion.load(workdir)
-    noise = jax.random.normal(jax.random.key(5), (3,) + model.image_shape)
-    a = model.sample(jax.random.key(0), 3, steps=4, noise=noise)
-    b = model.sample(jax.random.key(1), 3, steps=4, noise=noise)
-    assert a.shape == (3, 32, 32, 3)
+    # The trainer's sampling settings and batch (8 images, DDIM 5 steps): its compiled program.
+    noise = jax.random.normal(jax.random.key(5), (8,) + model.image_shape)
+    a = model.sample(jax.random.key(0), 8, steps=5, noise=noise)
+    b = model.sample(jax.random.key(1), 8, steps=5, noise=noise)
+    assert a.shape == (8, 32, 32, 3)
     np.testing.assert_array_equal(a, b)  # DDIM with eta 0 from the same x_T
-    c = model.sample(jax.random.key(1), 3, steps=4, sampler="ddpm")
-    assert np.all(np.abs(np.asarray(c)) <= 1.0 + 1e-6)
+    c = model.sample(jax.random.key(1), 8, steps=5, sampler="ddpm")
+    assert np.all(np.abs(np.asarray(c)) <= 1.0 + 1e-6) and not np.allclose(a, c)
     images = np.asarray(a)
     mask = np.zeros((32, 32), np.float32)
     mask[:, :16] = 1
-    filled = np.asarray(model.inpaint(images, mask, jax.random.key(2), steps=4))
+    filled = np.asarray(model.inpaint(images, mask, jax.random.key(2), steps=5))
     np.testing.assert_allclose(filled[:, :, :16], images[:, :, :16], atol=1e-6)
+    assert not np.allclose(filled[:, :, 16:], images[:, :, 16:])
     bpd = model.bits_per_dim(images, jax.random.key(3), num_timesteps=2)
-    assert bpd.shape == (3,) and np.all(np.isfinite(np.asarray(bpd)))
+    assert bpd.shape == (8,) and np.all(np.isfinite(np.asarray(bpd)))
 
 
 def test_errors_are_sentences(trained_diffusion):
@@ -170,8 +134,9 @@ def test_errors_are_sentences(trained_diffusion):
     with pytest.raises(ValueError, match="config.diffusion.schedule is 'cosin'"):
         _family(config)
     config = load_config("diffusion_quickstart", "smoke")
-    config.data.image_size = 31
-    with pytest.raises(ValueError, match="multiples of 2; got 31x31"):
+    config.model.channel_mult = (1, 2, 2)
+    config.data.image_size = 30
+    with pytest.raises(ValueError, match="multiples of 4; got 30x30"):
         _family(config)
     with pytest.raises(ValueError, match="holds a vqvae model, not a diffusion model"):
         vqjax.diffusion.load(_tokenizer_dir(trained_diffusion))
@@ -196,8 +161,8 @@ def test_class_conditional_model_with_guidance():
     state, metrics = jax.jit(family.train_step)(state, batch)
     assert np.isfinite(float(metrics["loss"]))
     model = diffusion_lib.Diffusion(config, family.spec, family.model, jax.device_get(state.params), family.image_shape)
-    guided = model.sample(jax.random.key(0), 2, labels=[1, 2], steps=3, guidance_scale=3.0)
-    plain = model.sample(jax.random.key(0), 2, labels=[1, 2], steps=3)
+    guided = model.sample(jax.random.key(0), 2, labels=[1, 2], steps=2, guidance_scale=3.0)
+    plain = model.sample(jax.random.key(0), 2, labels=[1, 2], steps=2)
     assert guided.shape == plain.shape and not np.allclose(guided, plain)
     with pytest.raises(ValueError, match=r"labels must be 2 classes in \[0, 8\]"):
         model.sample(jax.random.key(0), 2, labels=[1, 9])
@@ -211,8 +176,8 @@ def test_super_resolution_smoke_run(tmp_path):
     assert metrics["sr_num_images"] == config.evals.num_sr_images
     model = vqjax.diffusion.load(str(tmp_path))
     size = config.diffusion.low_res_size
-    out = model.upsample(np.zeros((2, size, size, 3), np.float32), jax.random.key(0), steps=3)
-    assert out.shape == (2, 32, 32, 3)
+    out = model.upsample(np.zeros((8, size, size, 3), np.float32), jax.random.key(0), steps=5)
+    assert out.shape == (8, 32, 32, 3)
     with pytest.raises(ValueError, match="super-resolution model: call upsample"):
         model.sample(jax.random.key(0), 2, steps=3)
 

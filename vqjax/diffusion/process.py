@@ -178,11 +178,13 @@ def bits_per_dim_estimate(denoise, schedule: Schedule, x0: jax.Array, rng: jax.A
                           prediction: str = "eps", variance: str = "fixed_small") -> jax.Array:
     """An unbiased estimate of the negative VLB in bits/dim per example: L_T + T x the mean of
     L_t over `num_timesteps` timesteps drawn uniformly (independently per example)."""
-    total = prior_bits_per_dim(schedule, x0)
-    draws = jnp.zeros(x0.shape[:1], jnp.float32)
-    for key in jax.random.split(rng, num_timesteps):
+
+    def add_draw(total, key):  # a scan: one traced network whatever num_timesteps
         t_key, noise_key = jax.random.split(key)
         t = jax.random.randint(t_key, x0.shape[:1], 0, schedule.num_timesteps)
         noise = jax.random.normal(noise_key, x0.shape)
-        draws += bound_term_bits_per_dim(denoise, schedule, x0, t, noise, prediction=prediction, variance=variance)
-    return total + schedule.num_timesteps * draws / num_timesteps
+        return total + bound_term_bits_per_dim(denoise, schedule, x0, t, noise, prediction=prediction,
+                                               variance=variance), None
+
+    draws, _ = jax.lax.scan(add_draw, jnp.zeros(x0.shape[:1], jnp.float32), jax.random.split(rng, num_timesteps))
+    return prior_bits_per_dim(schedule, x0) + schedule.num_timesteps * draws / num_timesteps
