@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import vqjax.diffusion
+import vqjax.pretrained
 from tests.helpers import diffusion_config_names, load_config
 from vqjax.convert import cli as convert_cli
 from vqjax.core import optim, parallel
@@ -227,3 +228,32 @@ def test_converter_refuses_what_it_cannot_convert(tmp_path):
     (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps({}))
     with pytest.raises(SystemExit, match="no unet/diffusion_pytorch_model.safetensors"):
         convert_cli.main(["diffusers", "--pipeline", str(tmp_path), "--out", str(tmp_path / "out")])
+
+
+def test_latent_diffusion_on_a_tokenizer(trained_vqgan, tmp_path):
+    """ldm_vq_cifar10's smoke config on the shared VQGAN workdir: latents cached, scaled to unit
+    variance over the first global batch, samples decoded through the tokenizer."""
+    _, tokenizer_dir, _ = trained_vqgan
+    config = load_config("ldm_vq_cifar10", "smoke")
+    config.tokenizer_dir = tokenizer_dir
+    metrics = experiment.train_and_evaluate(config, str(tmp_path))
+    assert np.isfinite(metrics["eval_mse"]) and "bits_per_dim" in metrics["skipped"]
+    assert os.path.exists(tmp_path / "samples.png") and os.path.exists(tmp_path / "latents" / "train_flip.npz")
+    cached = np.load(tmp_path / "latents" / "train_flip.npz")["latents"]
+    tokenizer = vqjax.pretrained.load(tokenizer_dir)
+    assert cached.shape[1:] == (32 // tokenizer.downsampling_factor,) * 2 + (tokenizer.quantizer.dim,)
+    model = vqjax.diffusion.load(str(tmp_path))
+    first = np.random.default_rng([config.data.seed, 0]).permutation(len(cached))[:config.data.batch_size]
+    np.testing.assert_allclose(model.latent_scale, 1 / np.std(cached[first]), rtol=1e-5)
+    images = np.asarray(model.sample(jax.random.key(0), 8, steps=5))
+    assert images.shape == (8, 32, 32, 3) and np.abs(images).max() <= 1.0
+    # Decoding is the tokenizer's: nearest codes of the unscaled latents, then its decoder.
+    latents = np.asarray(model._run(jax.random.key(0), model._noise(jax.random.key(0), 8, None), steps=5,
+                                    sampler="ddim"))
+    np.testing.assert_allclose(images, np.clip(tokenizer.decode_latents(latents / model.latent_scale), -1, 1),
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="latent diffusion model"):
+        model.bits_per_dim(np.zeros((2, 32, 32, 3)), jax.random.key(0))
+    config.tokenizer_dir = ""
+    with pytest.raises(ValueError, match="config.tokenizer_dir is empty"):
+        _family(config)

@@ -1,4 +1,4 @@
-"""Code maps of a dataset, encoded once by a tokenizer and cached in the prior's workdir.
+"""Code maps (or latents) of a dataset, encoded once by a tokenizer and cached in the workdir.
 
 A prior trains on code maps, not images: `cached_codes` runs the tokenizer's encoder over a
 split once (data-parallel over the mesh) and keeps the result in
@@ -10,6 +10,9 @@ refused rather than silently reused.
 Augmentation: images are encoded deterministically (centre crop); with `flip=True` the
 mirrored image is encoded too (the code map of a flipped image is not the flipped code map),
 doubling the training set as taming's and MaskGIT's random flips do.
+
+With `latents=True` the same machinery keeps the encoder's outputs before quantisation,
+`latents [N, h, w, D]` (float32) in `<workdir>/latents/<split>.npz`: latent diffusion's data.
 
 `batches` turns the arrays into a training stream that is a pure function of (seed, step), so
 a resumed run sees the batches an uninterrupted one would; `eval_batches` is one padded pass.
@@ -34,17 +37,25 @@ from vqjax.data import images as data_lib
 _DATA_FIELDS = ("source", "name", "path", "data_dir", "image_size", "channels", "crop")
 
 
+def _key(arrays_or_flag) -> str:
+    """'latents' or 'codes': what a cache holds."""
+    latents = arrays_or_flag if isinstance(arrays_or_flag, bool) else "latents" in arrays_or_flag
+    return "latents" if latents else "codes"
+
+
 def describe(tokenizer, tokenizer_dir: str, data_cfg, split: str, flip: bool, limit: int) -> dict:
     return {"tokenizer_dir": os.fspath(paths.resolve(tokenizer_dir)), "tokenizer_step": tokenizer.step,
             "split": split, "flip": bool(flip), "limit": int(limit),
             **{k: data_cfg.get(k) for k in _DATA_FIELDS}}
 
 
-def encode_split(tokenizer, data_cfg, split: str, *, flip: bool, batch_size: int, mesh, limit: int = 0) -> dict:
+def encode_split(tokenizer, data_cfg, split: str, *, flip: bool, batch_size: int, mesh, limit: int = 0,
+                 latents: bool = False) -> dict:
     """Code maps of every image of `split` (the first `limit` when > 0), and of its mirror image
-    with `flip`, in the split's order: {'codes': [N or 2N, h, w], 'labels': [N or 2N]}."""
+    with `flip`, in the split's order: {'codes': [N or 2N, h, w], 'labels': [N or 2N]}; with
+    `latents` the encoder's outputs {'latents': [N or 2N, h, w, D]} instead of the codes."""
     replicated = parallel.replicated(mesh)
-    encode = jax.jit(tokenizer.encode_fn(), out_shardings=replicated,
+    encode = jax.jit(tokenizer.latents_fn() if latents else tokenizer.encode_fn(), out_shardings=replicated,
                      compiler_options=tokenizer.compiler_options)
     weights = parallel.replicate(tokenizer.weights, mesh)
     codes, labels, flipped_codes = [], [], []
@@ -65,12 +76,15 @@ def encode_split(tokenizer, data_cfg, split: str, *, flip: bool, batch_size: int
         flipped_codes = [np.concatenate(flipped_codes)[:limit]] if flip else []
     if flip:
         codes, labels = np.concatenate([codes, np.concatenate(flipped_codes)]), np.concatenate([labels, labels])
+    if latents:
+        return {"latents": codes.astype(np.float32), "labels": labels.astype(np.int32)}
     dtype = np.uint16 if tokenizer.num_codes <= 2 ** 16 else np.int32
     return {"codes": codes.astype(dtype), "labels": labels.astype(np.int32)}
 
 
-def cache_path(workdir: str, split: str, flip: bool) -> str:
-    return os.fspath(paths.join(workdir, "tokens", f"{split}{'_flip' if flip else ''}.npz"))
+def cache_path(workdir: str, split: str, flip: bool, latents: bool = False) -> str:
+    folder = "latents" if latents else "tokens"
+    return os.fspath(paths.join(workdir, folder, f"{split}{'_flip' if flip else ''}.npz"))
 
 
 def _save(path: str, arrays: dict, description: dict) -> None:
@@ -78,14 +92,14 @@ def _save(path: str, arrays: dict, description: dict) -> None:
         np.savez(f, **arrays, description=np.asarray(json.dumps(description, sort_keys=True)))
 
 
-def _load(path: str, description: dict, num_codes: int) -> dict:
+def _load(path: str, description: dict, num_codes: int, latents: bool = False) -> dict:
     remedy = ("delete it (and the checkpoints trained on it) to encode the split again, or train this "
               "prior in a new --workdir")
     try:
         # allow_pickle=False (numpy's default, said here): loading a cache never runs code from it.
         with np.load(io.BytesIO(paths.read_bytes(path)), allow_pickle=False) as saved:
             made_by = json.loads(str(saved["description"]))
-            arrays = {"codes": saved["codes"], "labels": saved["labels"]}
+            arrays = {_key(latents): saved[_key(latents)], "labels": saved["labels"]}
     except (zipfile.BadZipFile, EOFError, KeyError, ValueError, OSError) as err:
         raise ValueError(f"The cached code maps {path} cannot be read ({type(err).__name__}: {err}); it is "
                          f"truncated or not a vqjax cache: {remedy}.") from None
@@ -96,6 +110,10 @@ def _load(path: str, description: dict, num_codes: int) -> dict:
             f"{[made_by.get(k) for k in changed]} there, {[description.get(k) for k in changed]} now); "
             "train this prior in a new --workdir (or delete the tokens/ folder and the "
             "checkpoints that were trained on them).")
+    if latents:
+        if not np.all(np.isfinite(arrays["latents"])):
+            raise ValueError(f"The cached latents {path} hold non-finite values: {remedy}.")
+        return arrays
     codes = arrays["codes"]
     if codes.size and (codes.min() < 0 or codes.max() >= num_codes):
         raise ValueError(f"The cached code maps {path} hold codes outside 0..{num_codes - 1} (min {codes.min()}, "
@@ -104,9 +122,10 @@ def _load(path: str, description: dict, num_codes: int) -> dict:
 
 
 def cached_codes(workdir: str, tokenizer, tokenizer_dir: str, data_cfg, split: str, *, flip: bool,
-                 batch_size: int, mesh, limit: int = 0) -> dict:
-    """The code maps of `split`, read from the workdir's cache, or encoded and cached."""
-    path = cache_path(workdir, split, flip)
+                 batch_size: int, mesh, limit: int = 0, latents: bool = False) -> dict:
+    """The code maps (`latents`: the latents) of `split`, read from the workdir's cache, or
+    encoded and cached."""
+    path = cache_path(workdir, split, flip, latents)
     description = describe(tokenizer, tokenizer_dir, data_cfg, split, flip, limit)
     cached = paths.exists(path)
     if jax.process_count() > 1:
@@ -118,12 +137,13 @@ def cached_codes(workdir: str, tokenizer, tokenizer_dir: str, data_cfg, split: s
                 f"Process 0 found the cached code maps {path} but process {jax.process_index()} does "
                 "not: --workdir must be storage that every host shares (a gs:// bucket, NFS).")
     if cached:
-        return _load(path, description, tokenizer.num_codes)
-    arrays = encode_split(tokenizer, data_cfg, split, flip=flip, batch_size=batch_size, mesh=mesh, limit=limit)
+        return _load(path, description, tokenizer.num_codes, latents)
+    arrays = encode_split(tokenizer, data_cfg, split, flip=flip, batch_size=batch_size, mesh=mesh, limit=limit,
+                          latents=latents)
     if jax.process_index() == 0:
         _save(path, arrays, description)
     if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(f"code maps of {split} cached")  # written before anyone goes on
+        multihost_utils.sync_global_devices(f"{_key(latents)} of {split} cached")  # written before anyone goes on
     return arrays
 
 
@@ -132,7 +152,8 @@ def cached_codes(workdir: str, tokenizer, tokenizer_dir: str, data_cfg, split: s
 
 
 def batches(arrays: dict, batch_size: int, *, seed: int, start_step: int = 0) -> Iterator[dict]:
-    """Endless host-local training batches {'tokens': int32 [b, h*w], 'label': [b]}.
+    """Endless host-local training batches {'tokens': int32 [b, h*w], 'label': [b]} (of a
+    latent cache: {'latents': [b, h, w, D], 'label'}).
 
     The stream is the concatenation of per-epoch permutations (seeded by (seed, epoch)); batch s
     is its slice [s * B, (s + 1) * B), so resuming at `start_step` needs no replay. Each process
@@ -141,7 +162,7 @@ def batches(arrays: dict, batch_size: int, *, seed: int, start_step: int = 0) ->
     count = len(arrays["labels"])
     local = data_lib.local_batch_size(batch_size, jax.process_count())
     offset = jax.process_index() * local
-    codes = arrays["codes"].reshape(count, -1)
+    rows_of = _rows_of(arrays)
     permutations = {}  # the epochs the current batch spans (at most a few)
 
     def permutation(epoch: int) -> np.ndarray:
@@ -159,8 +180,23 @@ def batches(arrays: dict, batch_size: int, *, seed: int, start_step: int = 0) ->
         for epoch in np.unique(epochs):
             here = epochs == epoch
             rows[here] = permutation(int(epoch))[positions[here] % count]
-        yield {"tokens": codes[rows].astype(np.int32), "label": arrays["labels"][rows]}
+        yield {**rows_of(rows), "label": arrays["labels"][rows]}
         step += 1
+
+
+def _rows_of(arrays: dict):
+    """rows -> {'tokens': int32 [b, h*w]} of a code cache or {'latents': [b, h, w, D]}."""
+    if "latents" in arrays:
+        return lambda rows: {"latents": arrays["latents"][rows]}
+    codes = arrays["codes"].reshape(len(arrays["labels"]), -1)
+    return lambda rows: {"tokens": codes[rows].astype(np.int32)}
+
+
+def first_global_batch(arrays: dict, batch_size: int, *, seed: int) -> dict:
+    """The rows of the stream's first global batch, the same on every process (each holds the
+    whole cache): e.g. for a statistic that must not depend on the process layout."""
+    rows = np.random.default_rng([seed, 0]).permutation(len(arrays["labels"]))[:batch_size]
+    return {**_rows_of(arrays)(rows), "label": arrays["labels"][rows]}
 
 
 def eval_batches(arrays: dict, batch_size: int, num_batches: int = -1) -> Iterator[dict]:
@@ -168,12 +204,11 @@ def eval_batches(arrays: dict, batch_size: int, num_batches: int = -1) -> Iterat
     gets the same number of batches."""
     count = len(arrays["labels"])
     local = data_lib.local_batch_size(batch_size, jax.process_count())
-    codes = arrays["codes"].reshape(count, -1)
+    rows_of = _rows_of(arrays)
     total = -(-count // batch_size)
     total = total if num_batches < 0 else min(total, num_batches)
     for i in range(total):
         rows = i * batch_size + jax.process_index() * local + np.arange(local)
         valid = rows < count
         rows = np.where(valid, rows, 0)
-        yield {"tokens": codes[rows].astype(np.int32), "label": arrays["labels"][rows],
-               "mask": valid.astype(np.float32)}
+        yield {**rows_of(rows), "label": arrays["labels"][rows], "mask": valid.astype(np.float32)}

@@ -259,6 +259,10 @@ def diffusion_base() -> ml_collections.ConfigDict:
     config.family = "diffusion"
     config.seed = 0
     config.init_from = ""
+    # Latent diffusion: a tokenizer workdir or converted VQ model whose encoder outputs are the
+    # data ('' = pixel space); with data.source='tokenizer' the tokenizer's data.
+    config.tokenizer_dir = ""
+    config.latents = dict(flip=True, encode_batch_size=256, max_train_images=0, max_eval_images=0)
     config.data = vqvae_base().data
     config.data.update(crop="random", random_flip=True, batch_size=128, eval_batch_size=256)
     config.model = dict(
@@ -329,7 +333,8 @@ def diffusion_base() -> ml_collections.ConfigDict:
 def shrink_diffusion_for_smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     # One level (no resampling) and attention in the middle only: what compiles fastest. The
     # U-Net's other paths are pinned against diffusers in tests/test_unet.py.
-    config.model.update(channels=8, channel_mult=(1,), num_res_blocks=1, norm_groups=8, attention_resolutions=())
+    config.model.update(channels=8, channel_mult=(1,), num_res_blocks=1, norm_groups=8, attention_resolutions=(),
+                        head_channels=-1)
     config.diffusion.num_timesteps = 100
     config.data.update(batch_size=8, eval_batch_size=8)
     config.optim.warmup_steps = 0

@@ -8,11 +8,19 @@ improved DDPM's lambda x T x L_t with the mean's gradient stopped (the hybrid ob
 weight average (`optim.params_ema_decay`, warmed up as min(decay, (1 + n) / (10 + n))) is what
 evaluation and sampling use.
 
+Latent diffusion (Rombach et al. 2022) with `config.tokenizer_dir` (a vqjax tokenizer workdir
+or a converted taming / latent-diffusion VQ model): the data are the tokenizer's encoder
+outputs before quantisation, encoded once and cached in `<workdir>/latents/`, multiplied by a
+scale factor (1 / their standard deviation over the first global batch, kept in the train
+state as `extra['latent_scale']`); samples are divided by it, quantised to their nearest codes
+and decoded.
+
 Evaluation: an unbiased estimate of the test bits/dim (`evals.bpd_timesteps` timesteps per
-image, on `evals.num_eval_batches` batches; metrics.json says how many) and the eval L_simple.
-Outputs: samples.png (a row per class for a class-conditional model), FID / IS / KID of
-samples with `evals.inception_path`; super-resolution models write superres.png (low-res input,
-output, original rows) and the PSNR / SSIM of upsampled test images instead.
+image, on `evals.num_eval_batches` batches; metrics.json says how many; pixel models only: the
+discretised decoder is a model of 8-bit pixels) and the eval L_simple. Outputs: samples.png (a
+row per class for a class-conditional model), FID / IS / KID of samples with
+`evals.inception_path`; super-resolution models write superres.png (low-res input, output,
+original rows) and the PSNR / SSIM of upsampled test images instead.
 """
 
 from __future__ import annotations
@@ -26,11 +34,11 @@ import numpy as np
 import optax
 
 from vqjax.core import images as images_lib, optim, parallel, paths
-from vqjax.data import images as data_lib
+from vqjax.data import codes as codes_lib, images as data_lib
 from vqjax.diffusion import process
 from vqjax.eval import metrics as metrics_lib, samples as samples_eval
 from vqjax.families.base import Family
-from vqjax.inference import diffusion as diffusion_lib
+from vqjax.inference import diffusion as diffusion_lib, prior as prior_inference, tokenizer as tokenizer_lib
 from vqjax.nets import inception as inception_lib
 from vqjax.train.state import TrainState
 
@@ -38,6 +46,10 @@ from vqjax.train.state import TrainState
 def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
     """The weight average's decay with warm-up: early averages forget the random init quickly."""
     return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def latent_scale_of(state: TrainState) -> float:
+    return float(state.extra.get("latent_scale", 1.0))
 
 
 def drop_labels(rng: jax.Array, labels: jax.Array, rate: float, null_label: int) -> jax.Array:
@@ -72,20 +84,27 @@ class DiffusionFamily(Family):
     final_train_metrics = ("mse",)
 
     def __init__(self, config, *, mesh, workdir: str = ""):
-        del workdir
         self.mesh = mesh
         self.data_cfg, self.evals_cfg, self.sampling_cfg = config.data, config.evals, config.sampling
         self.spec = diffusion_lib.DiffusionSpec.from_config(config.diffusion)
         self.schedule = self.spec.make_schedule()
-        self.image_shape = diffusion_lib.image_shape_of(config)
+        self.seed = int(config.seed)
+        self.batch_size = int(config.data.batch_size)
+        self.tokenizer = None
+        if config.data.source == "tokenizer" and not config.get("tokenizer_dir"):
+            raise ValueError("config.data.source is 'tokenizer' but config.tokenizer_dir is empty; pass "
+                             "--config.tokenizer_dir=DIR (a tokenizer workdir or `python -m vqjax.convert taming` "
+                             "output) for latent diffusion.")
+        if config.get("tokenizer_dir"):
+            self.setup_latents(config, workdir)
+        else:
+            self.image_shape = diffusion_lib.image_shape_of(config)
         self.model = diffusion_lib.build_unet(config.model, self.image_shape[-1], self.spec)
         self.model.check_input(*self.image_shape[:2])
         if self.spec.low_res_size and self.image_shape[0] % self.spec.low_res_size:
             raise ValueError(f"config.diffusion.low_res_size {self.spec.low_res_size} does not divide the image "
                              f"size {self.image_shape[0]}; pick a divisor (e.g. {self.image_shape[0] // 4}).")
-        self.seed = int(config.seed)
         self.num_steps = int(config.train.num_steps)
-        self.batch_size = int(config.data.batch_size)
         self.tx = optim.make_optimizer(config.optim, self.num_steps, self.batch_size)
         self.schedules = {"learning_rate": optim.make_schedule(config.optim, self.num_steps, self.batch_size)}
         self.params_ema_decay = float(config.optim.get("params_ema_decay", 0.0))
@@ -94,6 +113,24 @@ class DiffusionFamily(Family):
         if self.evals_cfg.inception_path:
             inception_lib.load_variables(self.evals_cfg.inception_path)  # a bad file found now
         self._compiled = {}
+
+    def setup_latents(self, config, workdir: str) -> None:
+        """Latent diffusion: the tokenizer, both splits' cached latents and the scale factor."""
+        if self.spec.clip_x0 or self.spec.low_res_size:
+            raise ValueError("Latent diffusion (config.tokenizer_dir) needs config.diffusion.clip_x0=False "
+                             "(latents are not in [-1, 1]) and low_res_size=0.")
+        self.tokenizer = tokenizer_lib.load(config.tokenizer_dir)
+        self.data_cfg = prior_inference.resolve_data(config.data, self.tokenizer)
+        encode = dict(tokenizer=self.tokenizer, tokenizer_dir=config.tokenizer_dir, data_cfg=self.data_cfg,
+                      batch_size=int(config.latents.encode_batch_size), mesh=self.mesh, latents=True)
+        self.train_latents = codes_lib.cached_codes(workdir, split=self.data_cfg.train_split,
+                                                    flip=bool(config.latents.flip),
+                                                    limit=int(config.latents.max_train_images), **encode)
+        self.eval_latents = codes_lib.cached_codes(workdir, split=self.data_cfg.eval_split, flip=False,
+                                                   limit=int(config.latents.max_eval_images), **encode)
+        self.image_shape = tuple(self.train_latents["latents"].shape[1:])
+        first = codes_lib.first_global_batch(self.train_latents, self.batch_size, seed=int(self.data_cfg.seed))
+        self.latent_scale = float(1.0 / np.std(first["latents"]))
 
     # --- Training.
 
@@ -107,7 +144,14 @@ class DiffusionFamily(Family):
     def create(self, rng: jax.Array, batch: dict) -> TrainState:
         del batch
         params = diffusion_lib.init_params(self.model, rng, self.image_shape, self.spec)
-        return TrainState.create(seed=self.seed, params=params, tx=self.tx, params_ema_decay=self.params_ema_decay)
+        extra = {"latent_scale": jnp.float32(self.latent_scale)} if self.tokenizer else {}
+        return TrainState.create(seed=self.seed, params=params, tx=self.tx, extra=extra,
+                                 params_ema_decay=self.params_ema_decay)
+
+    @staticmethod
+    def data_of(state: TrainState, batch: dict) -> jax.Array:
+        """The diffusion model's x_0: the images, or the latents times the scale factor."""
+        return batch["image"] * state.extra.get("latent_scale", 1.0)
 
     def condition(self, images: jax.Array):
         """The U-Net's extra input for these images: their bicubic-upsampled low-resolution
@@ -135,7 +179,7 @@ class DiffusionFamily(Family):
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         """batch {'image' [B, H, W, C] in [-1, 1], 'label' [B]}."""
         (loss, aux), grads = jax.value_and_grad(self.loss_fn, has_aux=True)(
-            state.params, batch["image"], self.labels(batch), state.step_rng())
+            state.params, self.data_of(state, batch), self.labels(batch), state.step_rng())
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = optim.update_ema_params(state.ema_params, params, ema_decay_at(state.step, self.params_ema_decay))
@@ -143,6 +187,10 @@ class DiffusionFamily(Family):
         return state, {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
 
     def train_batches(self, start_step: int) -> Iterator[dict]:
+        if self.tokenizer:
+            stream = codes_lib.batches(self.train_latents, self.batch_size, seed=int(self.data_cfg.seed),
+                                       start_step=start_step)
+            return ({"image": b["latents"], "label": b["label"]} for b in stream)
         return data_lib.make_dataset(self.data_cfg, self.data_cfg.train_split, train=True, start_step=start_step)
 
     # --- Evaluation.
@@ -153,6 +201,13 @@ class DiffusionFamily(Family):
         return self._compiled[name]
 
     def eval_batches(self) -> Iterator[dict]:
+        """The eval split as the model sees it: images, or (latent diffusion) unscaled latents."""
+        if self.tokenizer:
+            stream = codes_lib.eval_batches(self.eval_latents, int(self.data_cfg.eval_batch_size))
+            return ({"image": b["latents"], "label": b["label"], "mask": b["mask"]} for b in stream)
+        return self.eval_images_batches()
+
+    def eval_images_batches(self) -> Iterator[dict]:
         return data_lib.make_dataset(self.data_cfg, self.data_cfg.eval_split, self.data_cfg.eval_batch_size,
                                      train=False)
 
@@ -160,38 +215,48 @@ class DiffusionFamily(Family):
         """Test bits/dim (an unbiased estimate, `evals.bpd_timesteps` timesteps per image) and the
         L_simple of the eval split, over `evals.num_eval_batches` batches (-1 = all)."""
         timesteps = int(self.evals_cfg.bpd_timesteps)
+        pixels = self.tokenizer is None
 
-        def eval_step(params, batch, rng):
-            images, mask = batch["image"], batch["mask"]
+        def eval_step(params, scale, batch, rng):
+            images, mask = batch["image"] * scale, batch["mask"]
             denoise = lambda x, t: self.model.apply({"params": params}, x, t, self.labels(batch),
                                                     self.condition(images))
-            bpd = diffusion_lib.bits_per_dim_estimate(denoise, self.spec, images, rng, timesteps)
             mse, _ = self.loss_fn(params, images, self.labels(batch), jax.random.fold_in(rng, 1))
-            return {"bpd_sum": jnp.sum(bpd * mask), "count": jnp.sum(mask), "mse_sum": mse * jnp.sum(mask)}
+            sums = {"count": jnp.sum(mask), "mse_sum": mse * jnp.sum(mask), "bpd_sum": jnp.zeros(())}
+            if pixels:
+                bpd = diffusion_lib.bits_per_dim_estimate(denoise, self.spec, images, rng, timesteps)
+                sums["bpd_sum"] = jnp.sum(bpd * mask)
+            return sums
 
         step = self._jit("eval", eval_step)
-        params = state.eval_params
+        params, scale = state.eval_params, state.extra.get("latent_scale", jnp.float32(1.0))
         sums = {"bpd_sum": 0.0, "count": 0.0, "mse_sum": 0.0}
         limit = int(self.evals_cfg.num_eval_batches)
         for index, batch in enumerate(self.eval_batches()):
             if 0 <= limit <= index:
                 break
-            out = jax.device_get(step(params, parallel.to_global(batch, self.mesh),
+            out = jax.device_get(step(params, scale, parallel.to_global(batch, self.mesh),
                                       jax.random.fold_in(jax.random.key(self.seed), index)))
             sums = {k: sums[k] + float(out[k]) for k in sums}
         count = max(sums["count"], 1.0)
+        if not pixels:
+            return {"eval_mse": sums["mse_sum"] / count, "eval_num_latents": int(sums["count"]),
+                    "skipped": {"bits_per_dim": "latent diffusion: the bound's decoder models 8-bit pixels"}}
         return {"bits_per_dim": sums["bpd_sum"] / count, "eval_mse": sums["mse_sum"] / count,
                 "bpd_num_images": int(sums["count"]), "bpd_timesteps_per_image": timesteps,
                 "bpd_estimate": f"unbiased: L_T + T x the mean of L_t over {timesteps} uniform timesteps per image"}
 
-    def _sample(self, params, rng, count: int, labels=None, cond=None) -> np.ndarray:
+    def _sample(self, params, rng, count: int, labels=None, cond=None, latent_scale: float = 1.0) -> np.ndarray:
+        """Images [count, H, W, C] in [-1, 1] (latent samples decoded by the tokenizer)."""
         settings = {k: self.sampling_cfg[k] for k in ("sampler", "steps", "spacing", "eta", "guidance_scale")}
         x_T = jax.random.normal(jax.random.fold_in(rng, 7), (count,) + self.image_shape)
         images = diffusion_lib.generate_jit(self.model, params, self.spec, rng, x_T, labels, cond, None, None,
                                              None, strength=1.0, **settings)
+        if self.tokenizer:
+            images = diffusion_lib.decode_latents(self.tokenizer, images, latent_scale)
         return np.clip(np.asarray(jax.device_get(images)), -1.0, 1.0)
 
-    def sample_rows(self, params) -> list[np.ndarray]:
+    def sample_rows(self, params, latent_scale: float = 1.0) -> list[np.ndarray]:
         """Rows of samples.png: a row per class for a class-conditional model; super-resolution
         models: low-res inputs, outputs and originals of the first eval images."""
         rng = jax.random.key(int(self.sampling_cfg.seed))
@@ -207,7 +272,7 @@ class DiffusionFamily(Family):
         if self.model.num_classes:
             per_row = self.model.num_classes if self.model.num_classes <= count else per_row
             labels = jnp.arange(count, dtype=jnp.int32) % self.model.num_classes
-        images = self._sample(params, rng, count, labels=labels)
+        images = self._sample(params, rng, count, labels=labels, latent_scale=latent_scale)
         return [images[i : i + per_row] for i in range(0, count - count % per_row, per_row)]
 
     def first_eval_images(self, count: int) -> np.ndarray:
@@ -217,17 +282,18 @@ class DiffusionFamily(Family):
 
     def eval_images(self, state: TrainState) -> dict[str, np.ndarray]:
         name = "superres" if self.spec.low_res_size else "samples"
-        return {name: images_lib.image_grid(self.sample_rows(jax.device_get(state.eval_params)))}
+        rows = self.sample_rows(jax.device_get(state.eval_params), latent_scale_of(state))
+        return {name: images_lib.image_grid(rows)}
 
     def finish(self, state: TrainState, workdir: str) -> dict:
         params = jax.device_get(state.eval_params)
-        rows = self.sample_rows(params)
+        rows = self.sample_rows(params, latent_scale_of(state))
         name = "superres.png" if self.spec.low_res_size else "samples.png"
         if jax.process_index() == 0:
             images_lib.save_png(paths.join(workdir, name), images_lib.image_grid(rows))
         if self.spec.low_res_size:
             return self.super_resolution_metrics(params)
-        return self.sample_quality(params)
+        return self.sample_quality(params, latent_scale_of(state))
 
     def super_resolution_metrics(self, params) -> dict:
         """PSNR / SSIM of `evals.num_sr_images` upsampled test images against the originals, and
@@ -241,7 +307,7 @@ class DiffusionFamily(Family):
                 "bicubic_ssim": float(jnp.mean(metrics_lib.ssim(cond, originals))),
                 "sr_num_images": len(originals)}
 
-    def sample_quality(self, params) -> dict:
+    def sample_quality(self, params, latent_scale: float = 1.0) -> dict:
         """FID / IS / KID of `evals.num_fid_samples` samples against as many eval images."""
         if not self.evals_cfg.inception_path:
             return {"skipped": {"fid": "no FID Inception weights (config.evals.inception_path); make them with "
@@ -256,13 +322,17 @@ class DiffusionFamily(Family):
                 labels = None
                 if self.model.num_classes:
                     labels = (jnp.arange(batch, dtype=jnp.int32) + i * batch) % self.model.num_classes
-                yield self._sample(params, jax.random.fold_in(rng, i), batch, labels=labels)
+                yield self._sample(params, jax.random.fold_in(rng, i), batch, labels=labels,
+                                   latent_scale=latent_scale)
 
-        real = (b for _, b in zip(range(num_batches), self.eval_batches()))
+        real = (b for _, b in zip(range(num_batches), self.eval_images_batches()))
         return samples_eval.sample_quality(fake_batches(), real, variables, self.mesh,
                                            kid_subset_size=min(1000, num_batches * batch))
 
     def describe(self, state: TrainState, num_devices: int) -> str:
         task = f"super-resolution from {self.spec.low_res_size}px" if self.spec.low_res_size else "generation"
+        if self.tokenizer:
+            task = (f"latent diffusion on {'x'.join(map(str, self.image_shape))} latents (scale "
+                    f"{latent_scale_of(state):.4g}) of {len(self.train_latents['labels']):,} training images")
         return (f"diffusion U-Net with {optim.count_params(state.params):,} parameters, T={self.spec.num_timesteps} "
                 f"{self.spec.schedule}, {self.spec.prediction} prediction, {task}, {num_devices} devices")

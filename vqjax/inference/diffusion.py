@@ -22,6 +22,7 @@ import numpy as np
 from vqjax.core import checkpoints
 from vqjax.diffusion import process, samplers
 from vqjax.diffusion.schedules import SCHEDULES, Schedule, make_schedule, sampling_timesteps
+from vqjax.inference import prior as prior_inference, tokenizer as tokenizer_lib
 from vqjax.nets.unet import UNet
 
 
@@ -129,13 +130,21 @@ class Diffusion:
     models), `bits_per_dim`.
 
     Attributes: `config`, `spec` (`DiffusionSpec`), `model` (the U-Net), `params` (the weight
-    average when the run kept one), `image_shape` ((H, W, C)), `step`.
+    average when the run kept one), `image_shape` ((H, W, C) of what the U-Net denoises: images,
+    or a latent diffusion model's latents), `step`; latent diffusion models also have
+    `tokenizer` and `latent_scale`, and `sample` returns decoded images.
     """
 
     def __init__(self, config, spec: DiffusionSpec, model: UNet, params: Any, image_shape: tuple,
-                 step: Optional[int] = None):
+                 step: Optional[int] = None, tokenizer=None, latent_scale: float = 1.0):
         self.config, self.spec, self.model, self.params = config, spec, model, params
         self.image_shape, self.step = tuple(image_shape), step
+        self.tokenizer, self.latent_scale = tokenizer, float(latent_scale)
+
+    def _pixels_only(self, what: str) -> None:
+        if self.tokenizer is not None:
+            raise ValueError(f"{what} works on pixel-space models; this is a latent diffusion model "
+                             "(sample works, and decodes through its tokenizer).")
 
     def _labels(self, labels, count: int) -> Optional[jax.Array]:
         if labels is None:
@@ -183,12 +192,16 @@ class Diffusion:
         """`num` images [num, H, W, C] in [-1, 1]. `noise` is x_T (to compare with another library
         from the same start); `labels` one class per image for class-conditional models, with
         classifier-free guidance at `guidance_scale` != 1."""
-        return self._run(rng, self._noise(rng, num, noise), labels=self._labels(labels, num), sampler=sampler,
-                         steps=steps, eta=eta, guidance_scale=guidance_scale, spacing=spacing)
+        samples = self._run(rng, self._noise(rng, num, noise), labels=self._labels(labels, num), sampler=sampler,
+                            steps=steps, eta=eta, guidance_scale=guidance_scale, spacing=spacing)
+        if self.tokenizer is not None:
+            return decode_latents(self.tokenizer, samples, self.latent_scale)
+        return samples
 
     def inpaint(self, images, mask, rng: jax.Array, *, labels=None, **settings) -> jax.Array:
         """`images` where `mask` is 1 (broadcast against [B, H, W, C]: [H, W], [B, H, W, 1], ...),
         the rest generated to fit them."""
+        self._pixels_only("inpaint")
         images = self._check_images(images, "images")
         mask = jnp.asarray(mask, jnp.float32)
         mask = mask[None, ..., None] if mask.ndim == 2 else mask[..., None] if mask.ndim == 3 else mask
@@ -202,6 +215,7 @@ class Diffusion:
 
     def edit(self, images, rng: jax.Array, *, strength: float = 0.5, labels=None, **settings) -> jax.Array:
         """SDEdit: `images` noised to `strength` x T and denoised again (0 < strength <= 1)."""
+        self._pixels_only("edit")
         images = self._check_images(images, "images")
         return self._run(rng, self._noise(rng, len(images), None), labels=self._labels(labels, len(images)),
                          start_image=images, strength=strength, **settings)
@@ -222,6 +236,7 @@ class Diffusion:
                      low_res=None) -> jax.Array:
         """Per image, an unbiased estimate of the negative VLB in bits/dim with `num_timesteps`
         timesteps per image (0: all T, the exact bound up to the noise draws)."""
+        self._pixels_only("bits_per_dim")
         images = self._check_images(images, "images")
         cond = None
         if self.spec.low_res_size:
@@ -244,6 +259,11 @@ def bits_per_dim_estimate(denoise, spec: DiffusionSpec, images: jax.Array, rng: 
                                          prediction=spec.prediction, variance=spec.variance)
 
 
+def decode_latents(tokenizer, latents: jax.Array, latent_scale: float) -> jax.Array:
+    """Latent samples -> images: unscaled, quantised to the nearest codes, decoded."""
+    return jnp.clip(tokenizer.decode_latents(latents / latent_scale), -1.0, 1.0)
+
+
 def image_shape_of(config) -> tuple[int, int, int]:
     return (int(config.data.image_size), int(config.data.image_size), int(config.data.channels))
 
@@ -256,7 +276,12 @@ def load(directory: str) -> Diffusion:
         raise ValueError(f"{directory} holds a {config.get('family')} model, not a diffusion model; load "
                          "tokenizers with vqjax.pretrained.load and priors with vqjax.prior.load.")
     spec = DiffusionSpec.from_config(config.diffusion)
+    tokenizer = None
     shape = image_shape_of(config)
+    if config.get("tokenizer_dir"):
+        tokenizer = tokenizer_lib.load(config.tokenizer_dir)
+        side = prior_inference.resolve_data(config.data, tokenizer).image_size // tokenizer.downsampling_factor
+        shape = (side, side, tokenizer.quantizer.dim)
     model = build_unet(config.model, shape[-1], spec)
     step, saved = checkpoints.read_latest(directory, "vqjax.diffusion.load's directory")
     params = saved.get("ema_params") or saved["params"]
@@ -264,7 +289,9 @@ def load(directory: str) -> Diffusion:
     problem = checkpoints.first_mismatch(params, expected)
     if problem:
         raise ValueError(f"The checkpoint in {directory} does not fit its config.json ({problem}).")
-    return Diffusion(config, spec, model, checkpoints.restructure(params, expected), shape, step=step)
+    latent_scale = float(np.asarray(saved.get("extra", {}).get("latent_scale", 1.0)))
+    return Diffusion(config, spec, model, checkpoints.restructure(params, expected), shape, step=step,
+                     tokenizer=tokenizer, latent_scale=latent_scale)
 
 
 def init_params(model: UNet, rng: jax.Array, image_shape: tuple, spec: DiffusionSpec) -> dict:

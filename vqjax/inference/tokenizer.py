@@ -37,10 +37,24 @@ def _decode_fn(model, params, z_q):
     return model.apply({"params": params["net"]}, z_q, method="decode")
 
 
+def _latents_fn(model, weights, images):
+    """The encoder's output before quantisation (what latent diffusion models)."""
+    return model.apply({"params": weights[0]["net"]}, images, method="encode")
+
+
+def _decode_latents_fn(model, quantizer, weights, z):
+    """Latents -> nearest codes -> images: the first stage's decoding of a latent sample."""
+    params, quantizer_state = weights
+    out = quantizer({"params": params["quantizer"], "state": quantizer_state}, z)
+    return _decode_fn(model, params, quantizer.lookup({"params": params["quantizer"], "state": quantizer_state},
+                                                      out.indices))
+
+
 # XLA's default compile options, not a config's `train.cpu_convolutions`: these serve
 # inference on large images, where YNNPACK's convolutions are the faster ones on a CPU
 # (bench/taming_convert.py measures both).
 _encode = jax.jit(_encode_fn, static_argnums=(0, 1))
+_decode_latents = jax.jit(_decode_latents_fn, static_argnums=(0, 1))
 _decode = jax.jit(_decode_fn, static_argnums=0)
 
 
@@ -133,6 +147,19 @@ class Tokenizer:
             return _encode_fn(model, quantizer, weights, images)[1]
 
         return encode
+
+    def decode_latents(self, z) -> jax.Array:
+        """Encoder-output-like latents [B, h, w, D] -> images: quantised to their nearest codes,
+        then decoded (unclipped)."""
+        z = jnp.asarray(z, jnp.float32)
+        if z.ndim != 4 or z.shape[-1] != self.quantizer.dim:
+            raise ValueError(f"Latents have shape {z.shape}; this model decodes [batch, h, w, {self.quantizer.dim}].")
+        return _decode_latents(self.model, self.quantizer, self.weights, z)
+
+    def latents_fn(self):
+        """A pure `latents(weights, images) -> z [B, h, w, D]`, the encoder's output before
+        quantisation (latent diffusion's data), to be compiled with `self.weights`."""
+        return functools.partial(_latents_fn, self.model)
 
     def reconstruct_fn(self):
         """A pure `reconstruct(weights, images) -> (reconstruction, indices)` for

@@ -111,7 +111,7 @@ class Attention(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         batch, height, width, channels = x.shape
         heads = channels // self.head_channels if self.head_channels > 0 else self.num_heads
-        if channels % heads:
+        if heads < 1 or channels % heads:
             raise ValueError(f"Attention {self.name!r}: {channels} channels do not split into {heads} heads; "
                              "change num_heads / head_channels.")
         h = GroupNorm(self.norm_groups, self.norm_eps, False, self.dtype, name="norm")(x)

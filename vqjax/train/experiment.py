@@ -198,7 +198,9 @@ def run(config, workdir: str, mesh, notes: list[str], family_kwargs: dict) -> di
             for name in family.final_train_metrics:
                 if name in result.last_metrics:
                     final[name] = float(result.last_metrics[name])
-        final.update(family.finish(state, workdir))
+        outputs = family.finish(state, workdir)
+        skipped = {**final.get("skipped", {}), **outputs.pop("skipped", {})}  # both say what they left out
+        final.update(outputs, **({"skipped": skipped} if skipped else {}))
     finally:
         manager.close()
     if is_main:
