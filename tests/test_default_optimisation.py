@@ -1,7 +1,8 @@
 """The numeric parity tests again at XLA's default optimisation level (the suite runs its back
 end at -O0 for compile time, tests/conftest.py): their tolerances must hold for the code users
 run. One pytest subprocess over the reference comparisons: taming's autoencoder, LPIPS (values
-and gradient), pytorch-fid's Inception, haiku's EMA codebook, and resume == uninterrupted."""
+and gradient), pytorch-fid's Inception, haiku's EMA codebook, diffusers' U-Net, schedulers and
+DDIM samples of a converted pipeline, and resume == uninterrupted."""
 
 import os
 import subprocess
@@ -19,6 +20,11 @@ PARITY_TESTS = [
     "tests/test_inception.py::test_features_and_logits_equal_pytorch_fid",
     "tests/test_haiku_parity.py::test_ema_update_reproduces_haiku_over_several_steps",
     "tests/test_experiment.py::test_preempted_and_resumed_run_equals_an_uninterrupted_one[vqgan]",
+    "tests/test_unet.py::test_same_outputs_as_diffusers_with_copied_weights",
+    "tests/test_diffusion_maths.py::test_ddpm_steps_equal_diffusers",
+    "tests/test_diffusion_maths.py::test_ddim_steps_equal_diffusers",
+    "tests/test_diffusion_maths.py::test_dpm_solver_equals_diffusers",
+    "tests/test_diffusion.py::test_converted_diffusers_pipeline_samples_what_diffusers_does",
 ]
 
 

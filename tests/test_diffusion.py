@@ -141,6 +141,13 @@ def test_errors_are_sentences(trained_diffusion):
         _family(config)
     with pytest.raises(ValueError, match="holds a vqvae model, not a diffusion model"):
         vqjax.diffusion.load(_tokenizer_dir(trained_diffusion))
+    config = load_config("ldm_vq_cifar10", "smoke")
+    config.tokenizer_dir = os.path.join(workdir, "missing")
+    with pytest.raises(ValueError, match="missing has no config.json"):
+        _family(config)
+    config.tokenizer_dir = workdir
+    with pytest.raises(ValueError, match="holds a diffusion model, not a tokenizer"):
+        _family(config)
 
 
 def _tokenizer_dir(trained_diffusion):
@@ -237,7 +244,7 @@ def test_latent_diffusion_on_a_tokenizer(trained_vqgan, tmp_path):
     config = load_config("ldm_vq_cifar10", "smoke")
     config.tokenizer_dir = tokenizer_dir
     metrics = experiment.train_and_evaluate(config, str(tmp_path))
-    assert np.isfinite(metrics["eval_mse"]) and "bits_per_dim" in metrics["skipped"]
+    assert np.isfinite(metrics["eval_loss"]) and "bits_per_dim" in metrics["skipped"]
     assert os.path.exists(tmp_path / "samples.png") and os.path.exists(tmp_path / "latents" / "train_flip.npz")
     cached = np.load(tmp_path / "latents" / "train_flip.npz")["latents"]
     tokenizer = vqjax.pretrained.load(tokenizer_dir)

@@ -339,6 +339,6 @@ def shrink_diffusion_for_smoke(config: ml_collections.ConfigDict) -> ml_collecti
     config.data.update(batch_size=8, eval_batch_size=8)
     config.optim.warmup_steps = 0
     config.train.update(num_steps=4, log_steps=2, eval_steps=2, ckpt_steps=2)
-    config.evals.update(num_eval_batches=2, num_fid_samples=16, num_sr_images=8)
+    config.evals.update(num_eval_batches=2, num_fid_samples=16, num_sr_images=8, bpd_timesteps=4)
     config.sampling.update(num_samples=8, steps=5)
     return config

@@ -17,7 +17,7 @@ and decoded.
 
 Evaluation: an unbiased estimate of the test bits/dim (`evals.bpd_timesteps` timesteps per
 image, on `evals.num_eval_batches` batches; metrics.json says how many; pixel models only: the
-discretised decoder is a model of 8-bit pixels) and the eval L_simple. Outputs: samples.png (a
+discretised decoder is a model of 8-bit pixels) and the eval split's training objective. Outputs: samples.png (a
 row per class for a class-conditional model), FID / IS / KID of samples with
 `evals.inception_path`; super-resolution models write superres.png (low-res input, output,
 original rows) and the PSNR / SSIM of upsampled test images instead.
@@ -38,6 +38,7 @@ from vqjax.data import codes as codes_lib, images as data_lib
 from vqjax.diffusion import process
 from vqjax.eval import metrics as metrics_lib, samples as samples_eval
 from vqjax.families.base import Family
+from vqjax.families.prior import drop_labels  # condition dropout, as the priors train it
 from vqjax.inference import diffusion as diffusion_lib, prior as prior_inference, tokenizer as tokenizer_lib
 from vqjax.nets import inception as inception_lib
 from vqjax.train.state import TrainState
@@ -50,12 +51,6 @@ def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
 
 def latent_scale_of(state: TrainState) -> float:
     return float(state.extra.get("latent_scale", 1.0))
-
-
-def drop_labels(rng: jax.Array, labels: jax.Array, rate: float, null_label: int) -> jax.Array:
-    if rate <= 0:
-        return labels
-    return jnp.where(jax.random.uniform(rng, labels.shape) < rate, null_label, labels)
 
 
 def objective(spec, schedule, output, images, x_t, t, noise) -> tuple[jax.Array, dict]:
@@ -164,17 +159,22 @@ class DiffusionFamily(Family):
         return batch["label"] if self.model.num_classes else None
 
     def loss_fn(self, params, images, labels, rng):
+        loss, aux = self.per_example_loss(params, images, labels, rng, train=True)
+        return jnp.mean(loss), aux
+
+    def per_example_loss(self, params, images, labels, rng, *, train: bool):
+        """The objective of each example at a random timestep (condition dropout and network
+        dropout in training only)."""
         spec = self.spec
         t_rng, noise_rng, drop_rng, dropout_rng = jax.random.split(rng, 4)
         t = jax.random.randint(t_rng, images.shape[:1], 0, spec.num_timesteps)
         noise = jax.random.normal(noise_rng, images.shape)
         x_t = process.q_sample(self.schedule, images, t, noise)
-        if labels is not None:
+        if labels is not None and train:
             labels = drop_labels(drop_rng, labels, spec.cond_drop, self.model.num_classes)
-        output = self.model.apply({"params": params}, x_t, t, labels, self.condition(images), train=True,
+        output = self.model.apply({"params": params}, x_t, t, labels, self.condition(images), train=train,
                                   rngs={"dropout": dropout_rng})
-        loss, aux = objective(spec, self.schedule, output, images, x_t, t, noise)
-        return jnp.mean(loss), aux
+        return objective(spec, self.schedule, output, images, x_t, t, noise)
 
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         """batch {'image' [B, H, W, C] in [-1, 1], 'label' [B]}."""
@@ -213,7 +213,7 @@ class DiffusionFamily(Family):
 
     def evaluate(self, state: TrainState) -> dict:
         """Test bits/dim (an unbiased estimate, `evals.bpd_timesteps` timesteps per image) and the
-        L_simple of the eval split, over `evals.num_eval_batches` batches (-1 = all)."""
+        training objective on the eval split, over `evals.num_eval_batches` batches (-1 = all)."""
         timesteps = int(self.evals_cfg.bpd_timesteps)
         pixels = self.tokenizer is None
 
@@ -221,8 +221,9 @@ class DiffusionFamily(Family):
             images, mask = batch["image"] * scale, batch["mask"]
             denoise = lambda x, t: self.model.apply({"params": params}, x, t, self.labels(batch),
                                                     self.condition(images))
-            mse, _ = self.loss_fn(params, images, self.labels(batch), jax.random.fold_in(rng, 1))
-            sums = {"count": jnp.sum(mask), "mse_sum": mse * jnp.sum(mask), "bpd_sum": jnp.zeros(())}
+            loss, _ = self.per_example_loss(params, images, self.labels(batch), jax.random.fold_in(rng, 1),
+                                            train=False)
+            sums = {"count": jnp.sum(mask), "loss_sum": jnp.sum(loss * mask), "bpd_sum": jnp.zeros(())}
             if pixels:
                 bpd = diffusion_lib.bits_per_dim_estimate(denoise, self.spec, images, rng, timesteps)
                 sums["bpd_sum"] = jnp.sum(bpd * mask)
@@ -230,7 +231,7 @@ class DiffusionFamily(Family):
 
         step = self._jit("eval", eval_step)
         params, scale = state.eval_params, state.extra.get("latent_scale", jnp.float32(1.0))
-        sums = {"bpd_sum": 0.0, "count": 0.0, "mse_sum": 0.0}
+        sums = {"bpd_sum": 0.0, "count": 0.0, "loss_sum": 0.0}
         limit = int(self.evals_cfg.num_eval_batches)
         for index, batch in enumerate(self.eval_batches()):
             if 0 <= limit <= index:
@@ -240,11 +241,12 @@ class DiffusionFamily(Family):
             sums = {k: sums[k] + float(out[k]) for k in sums}
         count = max(sums["count"], 1.0)
         if not pixels:
-            return {"eval_mse": sums["mse_sum"] / count, "eval_num_latents": int(sums["count"]),
+            return {"eval_loss": sums["loss_sum"] / count, "eval_num_latents": int(sums["count"]),
                     "skipped": {"bits_per_dim": "latent diffusion: the bound's decoder models 8-bit pixels"}}
-        return {"bits_per_dim": sums["bpd_sum"] / count, "eval_mse": sums["mse_sum"] / count,
+        return {"bits_per_dim": sums["bpd_sum"] / count, "eval_loss": sums["loss_sum"] / count,
                 "bpd_num_images": int(sums["count"]), "bpd_timesteps_per_image": timesteps,
-                "bpd_estimate": f"unbiased: L_T + T x the mean of L_t over {timesteps} uniform timesteps per image"}
+                "bpd_estimate": f"unbiased: L_T and L_0 exact, (T - 1) x the mean of L_t over {timesteps} "
+                                f"stratified timesteps of [1, T) per image"}
 
     def _sample(self, params, rng, count: int, labels=None, cond=None, latent_scale: float = 1.0) -> np.ndarray:
         """Images [count, H, W, C] in [-1, 1] (latent samples decoded by the tokenizer)."""

@@ -235,7 +235,8 @@ class Diffusion:
     def bits_per_dim(self, images, rng: jax.Array, *, num_timesteps: int = 0, labels=None,
                      low_res=None) -> jax.Array:
         """Per image, an unbiased estimate of the negative VLB in bits/dim with `num_timesteps`
-        timesteps per image (0: all T, the exact bound up to the noise draws)."""
+        stratified timesteps per image besides the exact L_0 and L_T (0: every timestep, the whole
+        bound up to the noise draws)."""
         self._pixels_only("bits_per_dim")
         images = self._check_images(images, "images")
         cond = None
@@ -243,7 +244,7 @@ class Diffusion:
             cond = low_res_condition(images, self.spec.low_res_size)[1] if low_res is None else \
                 upsample_condition(jnp.asarray(low_res, jnp.float32), self.image_shape[0])
         return _bits_per_dim_jit(self.model, self.params, self.spec, rng, images, self._labels(labels, len(images)),
-                                 cond, num_timesteps or self.spec.num_timesteps)
+                                 cond, num_timesteps or self.spec.num_timesteps - 1)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2, 7))

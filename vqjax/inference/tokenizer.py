@@ -184,6 +184,9 @@ def load(directory: str) -> Tokenizer:
     config = legacy.read_model_config(directory)
     if config.family == "prior":
         raise ValueError(f"{directory} holds a prior, not a tokenizer; load it with vqjax.prior.load.")
+    if config.family not in ("vqvae", "vqgan"):
+        raise ValueError(f"{directory} holds a {config.family} model, not a tokenizer (a vqvae or vqgan "
+                         "workdir, or `python -m vqjax.convert taming` output).")
     step, saved = checkpoints.read_latest(directory, "vqjax.pretrained.load's directory")
     model = nets.build_autoencoder(**config.model)
     quantizer = quantizers.build(config.quantizer, dim=config.model.embed_dim)
