@@ -16,13 +16,13 @@ def get_config(arg=None):
     config = common.diffusion_base()
     config.data.source = "embedded"
     config.data.image_size = 32
-    config.data.batch_size = 32
+    config.data.batch_size = 16
     config.data.eval_batch_size = 250
     config.model.update(channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(8,),
                         dropout=0.0)
-    config.diffusion.update(low_res_size=8, variance="fixed_small")
+    config.diffusion.update(low_res_size=8, schedule="cosine", prediction="v", variance="fixed_small")
     config.optim.update(learning_rate=1e-3, warmup_steps=100, params_ema_decay=0.999)
-    config.train.update(num_steps=3000, log_steps=100, eval_steps=1000, ckpt_steps=1000)
+    config.train.update(num_steps=1000, log_steps=100, eval_steps=500, ckpt_steps=500)
     config.evals.update(num_eval_batches=2, num_sr_images=64)
     config.sampling.update(num_samples=8, steps=50)
     if "smoke" in common.config_args(arg):
