@@ -295,20 +295,8 @@ def diffusion_base() -> ml_collections.ConfigDict:
         low_res_size=0,  # > 0: super-resolution from low_res_size x low_res_size images
         clip_x0=True,
     )
-    config.optim = dict(
-        name="adam",
-        learning_rate=2e-4,
-        b1=0.9,
-        b2=0.999,
-        eps=1e-8,
-        weight_decay=0.0,
-        schedule="constant",
-        warmup_steps=5000,
-        final_lr_fraction=0.0,
-        grad_clip_norm=1.0,
-        scale_lr_by_batch=False,
-        params_ema_decay=0.9999,
-    )
+    config.optim = vqvae_base().optim  # Adam 2e-4 (0.9, 0.999), as the VQ-VAE's
+    config.optim.update(warmup_steps=5000, grad_clip_norm=1.0, params_ema_decay=0.9999)
     config.train = dict(num_steps=800_000, log_steps=100, eval_steps=10_000, ckpt_steps=10_000,
                         keep_checkpoints=3, tensorboard=True, cpu_convolutions="ynnpack")
     config.evals = dict(
