@@ -62,3 +62,16 @@ def trained_vqgan(tmp_path_factory):
     config.optim.params_ema_decay = 0.5  # evaluation uses the weight average
     workdir = str(tmp_path_factory.mktemp("trained_vqgan"))
     return config, workdir, experiment.train_and_evaluate(config, workdir)
+
+
+@pytest.fixture(scope="session")
+def trained_prior(trained_vqgan, tmp_path_factory):
+    """One MaskGIT prior smoke run (prior_quickstart:smoke, 4 steps) on the shared VQGAN, shared
+    by the tests that need a finished prior workdir: (config, workdir, final metrics)."""
+    from tests.helpers import load_config
+    from vqjax.train import experiment
+
+    config = load_config("prior_quickstart", "smoke")
+    config.tokenizer_dir = trained_vqgan[1]
+    workdir = str(tmp_path_factory.mktemp("trained_prior"))
+    return config, workdir, experiment.train_and_evaluate(config, workdir)

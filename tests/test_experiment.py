@@ -55,12 +55,21 @@ def _metrics(workdir):
         return {k: v for k, v in json.load(f).items() if k not in TIMINGS}
 
 
+@pytest.fixture(scope="module")
+def vqvae_run(tmp_path_factory):
+    """An uninterrupted VQ-VAE smoke run, shared: its workdir."""
+    workdir = str(tmp_path_factory.mktemp("vqvae_run"))
+    experiment.train_and_evaluate(_config("vqvae", ""), workdir)
+    return workdir
+
+
 def test_every_family_is_registered_with_an_entry_point():
     assert set(families.FAMILIES) == set(families.ENTRY_POINTS) == {"vqvae", "vqgan", "prior", "diffusion"}
 
 
 @pytest.mark.parametrize("family", sorted(families.FAMILIES))
-def test_preempted_and_resumed_run_equals_an_uninterrupted_one(family, trained_vqgan, tmp_path, monkeypatch):
+def test_preempted_and_resumed_run_equals_an_uninterrupted_one(family, trained_vqgan, tmp_path, monkeypatch,
+                                                                 request):
     _, tokenizer_dir, tokenizer_metrics = trained_vqgan
     config = _config(family, tokenizer_dir)
     assert config.family == family and config.train.num_steps == 4 and config.train.ckpt_steps == 2
@@ -71,6 +80,10 @@ def test_preempted_and_resumed_run_equals_an_uninterrupted_one(family, trained_v
                     "d_loss"):
             assert key in tokenizer_metrics, key
         assert tokenizer_metrics["d_loss"] > 0  # the discriminator (disc_start=1 in smoke) trained
+    elif family == "prior":
+        straight_dir = request.getfixturevalue("trained_prior")[1]  # the shared run (tests/conftest.py)
+    elif family == "vqvae":
+        straight_dir = request.getfixturevalue("vqvae_run")
     else:
         straight_dir = str(tmp_path / "straight")
         experiment.train_and_evaluate(config, straight_dir)
@@ -96,7 +109,10 @@ def test_preempted_and_resumed_run_equals_an_uninterrupted_one(family, trained_v
     rate = "code_maps_per_sec" if family == "prior" else "images_per_sec"
     assert rate in (tokenizer_metrics if family == "vqgan" else resumed)
     with open(os.path.join(resumed_dir, "config.json")) as f:
-        assert json.load(f)["family"] == family
+        resumed_config = json.load(f)
+    assert resumed_config["family"] == family
+    with open(os.path.join(straight_dir, "config.json")) as f:
+        assert json.load(f) == resumed_config  # the shared runs too were trained with this config
     expected_files = {"vqvae": "reconstructions.png", "vqgan": "reconstructions.png", "prior": "samples.png",
                       "diffusion": "samples.png"}
     assert os.path.exists(os.path.join(resumed_dir, expected_files[family]))
@@ -142,10 +158,8 @@ def test_logged_metrics_are_averages_over_the_log_interval(tmp_path):
     assert "train/images_per_sec" in _scalars(workdir, None)
 
 
-def test_a_run_logs_the_config_and_its_evaluation_images(tmp_path):
-    config = load_config("vqvae_quickstart", "smoke")
-    workdir = str(tmp_path / "run")
-    experiment.train_and_evaluate(config, workdir)
+def test_a_run_logs_the_config_and_its_evaluation_images(vqvae_run):
+    workdir = vqvae_run  # vqvae_quickstart:smoke
     from tensorboard.backend.event_processing import event_accumulator
 
     events = event_accumulator.EventAccumulator(os.path.join(workdir, "tensorboard"),

@@ -59,15 +59,23 @@ def _setup(config, perceptual_params=None):
     return family, state, images
 
 
-def test_generator_and_discriminator_step_together_compiled_once():
-    config = _config()
-    family, state, images = _setup(config)
+@pytest.fixture(scope="module")
+def five_steps():
+    """Five steps of `_config()` (the discriminator learns from step 2, the generator's
+    adversarial term is on from step 3) by one compiled step: (family, images, history), where
+    history[i] = (the state before step i, the metrics of step i)."""
+    family, state, images = _setup(_config())
     step_fn = jax.jit(chex.assert_max_traces(family.train_step, n=1))
     history = []
     for _ in range(5):
         before = state
         state, metrics = step_fn(state, {"image": images})
         history.append((before, jax.device_get(metrics)))
+    return family, images, history
+
+
+def test_generator_and_discriminator_step_together_compiled_once(five_steps):
+    _, _, history = five_steps
     # Steps 0 and 1: the discriminator is frozen (params, moments, batch statistics).
     chex.assert_trees_all_equal(history[1][0].extra["disc_params"], history[0][0].extra["disc_params"])
     chex.assert_trees_all_equal(history[2][0].extra["disc_params"], history[0][0].extra["disc_params"])
@@ -83,11 +91,13 @@ def test_generator_and_discriminator_step_together_compiled_once():
     assert all(np.isfinite(v) for _, metrics in history for v in metrics.values())
 
 
-def test_batch_statistics_come_from_the_discriminator_pass_only():
-    config = _config(disc_start=0, gen_adv_delay=0)
-    family, state, images = _setup(config)
+def test_batch_statistics_come_from_the_discriminator_pass_only(five_steps):
+    family, images, history = five_steps
     disc = family.disc
-    new_state, _ = jax.jit(family.train_step)(state, {"image": images})
+    # Step 3 of the shared steps: the discriminator learns and the generator's adversarial term
+    # (its own pass of the reconstructions through the discriminator) is on.
+    (state, metrics), (new_state, _) = history[3], history[4]
+    assert metrics["d_loss"] > 0 and metrics["adaptive_weight"] * metrics["g_adv_loss"] != 0
     # Recompute: real images, then this step's reconstructions, through the pre-step discriminator.
     @jax.jit  # one compiled reference, not one compilation per eager operation
     def batch_stats_after_step(state):
@@ -99,6 +109,8 @@ def test_batch_statistics_come_from_the_discriminator_pass_only():
                             mutable=["batch_stats"])
         return upd["batch_stats"]
 
+    assert not np.allclose(jax.tree.leaves(new_state.extra["disc_batch_stats"])[0],
+                           jax.tree.leaves(state.extra["disc_batch_stats"])[0])  # they moved at this step
     chex.assert_trees_all_close(new_state.extra["disc_batch_stats"], batch_stats_after_step(state), rtol=1e-5, atol=1e-6)
 
 

@@ -14,7 +14,6 @@ import jax
 import numpy as np
 import pytest
 
-from tests.helpers import load_config
 from vqjax import pretrained
 from vqjax.core import checkpoints
 from vqjax.train import experiment
@@ -49,9 +48,11 @@ def test_an_old_tokenizer_loads_and_reconstructs_as_the_new_one(old_workdir):
     np.testing.assert_array_equal(old.codebook, new.codebook)
 
 
-def test_an_old_workdir_is_not_resumed_but_initialises_a_new_run(old_workdir, tmp_path):
+def test_an_old_workdir_is_not_resumed_but_initialises_a_new_run(old_workdir, trained_vqgan, tmp_path):
     _, old_dir = old_workdir
-    config = load_config("vqgan_quickstart", "smoke")
+    # The shared run's config (tests/conftest.py), so that the programs its run compiled (all but
+    # the train step at learning rate 0) come from the compilation cache.
+    config = trained_vqgan[0].copy_and_resolve_references()
     resumed = str(tmp_path / "resumed")
     shutil.copytree(old_dir, resumed)
     with pytest.raises(ValueError, match="written by vqjax 0.1.*--config.init_from="):

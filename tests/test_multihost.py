@@ -1,13 +1,21 @@
 """Two processes on one machine, as hosts of a pod: `jax.distributed` with a localhost
-coordinator, CPU collectives (gloo), 2 processes x 2 CPU devices, launched by the entry points
-with `--multihost`. Each family's two-process run must end where one process with 4 devices
-does (the same global batches, so the same losses, codebook and metrics):
-  - VQ-VAE: preempted by a SIGTERM to one process only (both must save the same step and exit),
-    then resumed;
+coordinator, CPU collectives (gloo), 2 processes x 2 CPU devices. Each family's two-process run
+must end where one process with 4 devices does (the same global batches, so the same losses,
+codebook and metrics):
+  - VQGAN: discriminator, batch-norm statistics, EMA codebook and weight average;
   - prior: both processes encode the code maps together, process 0 caches them;
-  - VQGAN: discriminator, batch-norm statistics, EMA codebook and weight average.
+  - VQ-VAE: preempted by a SIGTERM to one process only (both must save the same step and exit),
+    then resumed by the entry point (`python -m experiments.vqvae --multihost`).
+
+One pair of processes (tests/multihost_worker.py) trains the families of FAMILIES, each as its
+shared one-process run of tests/conftest.py was trained, then the VQ-VAE that the SIGTERM stops:
+one start-up and one `jax.distributed` connection for all of them. (Their compiled programs
+cannot come from the persistent compilation cache of the one-process runs: those are compiled
+for 4 devices of one process. Process 0 reads the cache's entries of earlier two-process runs,
+process 1 never: on the CPU, the cache key holds the topology each process sees of itself.)
 """
 
+import dataclasses
 import json
 import os
 import signal
@@ -19,14 +27,29 @@ import time
 import numpy as np
 import pytest
 
-from tests.helpers import load_config
+from tests.helpers import REPO_ROOT, load_config, subprocess_env
 from vqjax.core import checkpoints
-from vqjax.train import experiment
+from vqjax.train import config_changes, experiment
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMINGS = ("images_per_sec", "code_maps_per_sec")
 NUM_STEPS = 40
 OVERRIDES = {"train.num_steps": NUM_STEPS, "train.ckpt_steps": 2, "train.log_steps": 2, "train.eval_steps": 1000}
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    reference: str  # a session fixture of tests/conftest.py: (config, workdir, metrics) of the one-process run
+    config: str  # the smoke config the reference starts from: experiments/configs/<config>.py:smoke
+    reports: str  # a metric of this family's metrics.json
+    same_files: tuple = ()  # folders of the workdir that must list the same files as the reference's
+
+
+# The families that the pair of processes trains as their one-process runs were trained; a family
+# added here is trained by the same pair of processes, before the preempted VQ-VAE.
+FAMILIES = {
+    "vqgan": Family("trained_vqgan", "vqgan_quickstart", "d_loss"),
+    "prior": Family("trained_prior", "prior_quickstart", "bits_per_token", same_files=("tokens",)),
+}
 
 
 def _free_port() -> int:
@@ -35,22 +58,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(workdir, port, log_dir, tag, entry_point="experiments.vqvae", config="vqvae_quickstart",
-            overrides=None):
-    """The two processes of one multi-host run; their output goes to files."""
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace("device_count=4", "device_count=2")
-    env["JAX_PLATFORMS"] = "cpu"
-    flags = [f"--config.{k}={v}" for k, v in (OVERRIDES if overrides is None else overrides).items()]
+def _launch(command, log_dir, tag):
+    """The two processes of one multi-host run (`command` + the process' index); their output
+    goes to files."""
+    port = _free_port()
     processes = []
     for index in range(2):
-        command = [sys.executable, "-m", entry_point,
-                   f"--config=experiments/configs/{config}.py:smoke", f"--workdir={workdir}", *flags,
-                   "--multihost", f"--coordinator_address=localhost:{port}", "--num_processes=2",
-                   f"--process_id={index}"]
         log = open(os.path.join(log_dir, f"{tag}_{index}.log"), "w")
-        processes.append((subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+        processes.append((subprocess.Popen(command(port, index), cwd=REPO_ROOT, env=subprocess_env(num_devices=2),
+                                           stdout=log, stderr=subprocess.STDOUT), log))
     return processes
+
+
+def _entry_point(workdir, overrides, entry_point="experiments.vqvae", config="vqvae_quickstart"):
+    flags = [f"--config.{k}={v}" for k, v in overrides.items()]
+    return lambda port, index: [
+        sys.executable, "-m", entry_point, f"--config=experiments/configs/{config}.py:smoke", f"--workdir={workdir}",
+        *flags, "--multihost", f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={index}"]
 
 
 def _wait(processes, log_dir, tag, timeout=300):
@@ -62,9 +86,13 @@ def _wait(processes, log_dir, tag, timeout=300):
             if process.poll() is None:
                 process.kill()
             log.close()
-    logs = [open(os.path.join(log_dir, f"{tag}_{i}.log")).read() for i in range(2)]
+    logs = _logs(log_dir, tag)
     assert codes == [0, 0], f"exit codes {codes}:\n" + "\n".join(log[-3000:] for log in logs)
     return logs
+
+
+def _logs(log_dir, tag):
+    return [open(os.path.join(log_dir, f"{tag}_{i}.log")).read() for i in range(2)]
 
 
 def _metrics(workdir):
@@ -81,65 +109,88 @@ def _metrics(workdir):
             if isinstance(v, (int, float)) and k.rsplit("/", 1)[-1] not in TIMINGS}
 
 
-def test_two_processes_preempted_on_one_then_resumed_equal_one_process(tmp_path):
-    config = load_config("vqvae_quickstart", "smoke")
-    for key, value in OVERRIDES.items():
-        section, field = key.split(".")
-        config[section][field] = value
-    single_dir = str(tmp_path / "single")
-    experiment.train_and_evaluate(config, single_dir)  # 1 process x 4 devices
+def _assert_metrics_equal(workdir, single_dir, *reported):
+    two, one = _metrics(workdir), _metrics(single_dir)
+    assert set(two) == set(one) and set(reported) <= set(one), sorted(one)
+    for key in one:
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-4, atol=1e-6, err_msg=key)
 
-    workdir, logs_dir = str(tmp_path / "two"), str(tmp_path)
-    processes = _launch(workdir, _free_port(), logs_dir, "first")
+
+def _run_as(reference_config, name) -> dict:
+    """The overrides that make `name`'s smoke config the reference run's config."""
+    smoke = json.loads(load_config(name, "smoke").to_json_best_effort())
+    wanted = config_changes.flatten(json.loads(reference_config.to_json_best_effort()))
+    overrides = {k: v for k, v in wanted.items() if config_changes.flatten(smoke).get(k, "(unset)") != v}
+    return {"config": name, "overrides": overrides}
+
+
+@pytest.fixture(scope="module")
+def pod(request, tmp_path_factory):
+    """One pair of processes that trains each family of FAMILIES, then the VQ-VAE of OVERRIDES,
+    which a SIGTERM to process 1 alone stops once its step-2 checkpoint is saved:
+    {"workdirs": {family or 'vqvae': workdir}, "logs": [process 0's output, process 1's]}."""
+    root = tmp_path_factory.mktemp("pod")
+    workdirs = {name: str(root / name) for name in [*FAMILIES, "vqvae"]}
+    runs = [{**_run_as(request.getfixturevalue(family.reference)[0], family.config), "workdir": workdirs[name]}
+            for name, family in FAMILIES.items()]
+    runs.append({"config": "vqvae_quickstart", "overrides": OVERRIDES, "workdir": workdirs["vqvae"]})
+    with open(root / "runs.json", "w") as f:
+        json.dump(runs, f)
+    worker = lambda port, index: [sys.executable, "-m", "tests.multihost_worker", str(port), str(index),  # noqa: E731
+                                  str(root / "runs.json")]
+    processes = _launch(worker, str(root), "pod")
     try:
-        # SIGTERM to process 1 alone, once step 2 is saved (the coordination service of
-        # jax.distributed is running by then) and long before step NUM_STEPS.
-        deadline = time.monotonic() + 240
-        while not os.path.isdir(os.path.join(workdir, "checkpoints", "2")):
-            assert time.monotonic() < deadline and all(p.poll() is None for p, _ in processes), "no step-2 checkpoint"
+        # SIGTERM to process 1 alone, once the VQ-VAE's step 2 is saved (the coordination service
+        # of jax.distributed is running by then) and long before step NUM_STEPS.
+        deadline = time.monotonic() + 600
+        while not os.path.isdir(os.path.join(workdirs["vqvae"], "checkpoints", "2")):
+            alive = all(p.poll() is None for p, _ in processes)
+            assert time.monotonic() < deadline and alive, "no step-2 checkpoint of the VQ-VAE:\n" + "\n".join(
+                log[-3000:] for log in _logs(str(root), "pod"))
             time.sleep(0.05)
         processes[1][0].send_signal(signal.SIGTERM)
     finally:
-        logs = _wait(processes, logs_dir, "first")
+        logs = _wait(processes, str(root), "pod")
+    return {"workdirs": workdirs, "logs": logs}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_two_processes_train_as_one_process_does(name, pod, request):
+    family = FAMILIES[name]
+    _, single_dir, _ = request.getfixturevalue(family.reference)
+    workdir = pod["workdirs"][name]
+    with open(os.path.join(workdir, "config.json")) as f, open(os.path.join(single_dir, "config.json")) as g:
+        assert json.load(f) == json.load(g)  # the same run, on two processes
+    for folder in family.same_files:
+        assert sorted(os.listdir(os.path.join(workdir, folder))) == sorted(os.listdir(os.path.join(single_dir, folder)))
+    _assert_metrics_equal(workdir, single_dir, family.reports)
+
+
+def test_two_processes_preempted_on_one_then_resumed_equal_one_process(pod, tmp_path):
+    workdir, logs = pod["workdirs"]["vqvae"], pod["logs"]
     saved, _ = checkpoints.read_latest(workdir, "test")
     assert 2 < saved < NUM_STEPS, f"the preempted run saved step {saved}"
     assert f"SIGTERM: saved step {saved}" in logs[0], logs[0][-2000:]
     assert not os.path.exists(os.path.join(workdir, "metrics.json"))
 
-    _wait(_launch(workdir, _free_port(), logs_dir, "resumed"), logs_dir, "resumed")
-    two, one = _metrics(workdir), _metrics(single_dir)
-    assert set(two) == set(one) and "train_loss" in one and "recon_psnr" in one, sorted(one)
-    for key in one:
-        np.testing.assert_allclose(two[key], one[key], rtol=1e-4, atol=1e-6, err_msg=key)
-
-
-def test_two_processes_train_a_prior_as_one_process_does(trained_vqgan, tmp_path):
-    """The prior family: both processes encode the code maps together (collectives over all
-    devices), process 0 caches them, and training equals the one-process run."""
-    _, tokenizer_dir, _ = trained_vqgan
-    config = load_config("prior_quickstart", "smoke")
-    config.tokenizer_dir = tokenizer_dir
-    single_dir = str(tmp_path / "single")
-    experiment.train_and_evaluate(config, single_dir)
-
-    workdir = str(tmp_path / "two")
-    _wait(_launch(workdir, _free_port(), str(tmp_path), "prior", "experiments.transformer", "prior_quickstart",
-                  {"tokenizer_dir": tokenizer_dir}), str(tmp_path), "prior")
-    assert sorted(os.listdir(os.path.join(workdir, "tokens"))) == sorted(os.listdir(os.path.join(single_dir, "tokens")))
-    two, one = _metrics(workdir), _metrics(single_dir)
-    assert set(two) == set(one) and "bits_per_token" in one, sorted(one)
-    for key in one:
-        np.testing.assert_allclose(two[key], one[key], rtol=1e-4, atol=1e-6, err_msg=key)
-
-
-def test_two_processes_train_a_vqgan_as_one_process_does(trained_vqgan, tmp_path):
-    """The VQGAN family (discriminator, batch-norm statistics, EMA codebook, weight average):
-    the shared one-process run of tests/conftest.py, on two processes."""
-    _, single_dir, _ = trained_vqgan
-    workdir = str(tmp_path / "two")
-    _wait(_launch(workdir, _free_port(), str(tmp_path), "vqgan", "experiments.vqgan", "vqgan_quickstart",
-                  {"optim.params_ema_decay": 0.5}), str(tmp_path), "vqgan")
-    two, one = _metrics(workdir), _metrics(single_dir)
-    assert set(two) == set(one) and "d_loss" in one, sorted(one)
-    for key in one:
-        np.testing.assert_allclose(two[key], one[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    # The resumed run and the one-process run save only their last step (the checkpoint interval
+    # changes no metric; a resumed run may change it).
+    overrides = {**OVERRIDES, "train.ckpt_steps": NUM_STEPS}
+    resumed = _launch(_entry_point(workdir, overrides), str(tmp_path), "resumed")
+    try:
+        # The one-process run, meanwhile: until process 1 has compiled the programs that process 0
+        # reads from the compilation cache, process 0 waits and leaves a core free.
+        config = load_config("vqvae_quickstart", "smoke")
+        for key, value in overrides.items():
+            section, field = key.split(".")
+            config[section][field] = value
+        single_dir = str(tmp_path / "single")
+        experiment.train_and_evaluate(config, single_dir)  # 1 process x 4 devices
+    except BaseException:
+        for process, log in resumed:
+            process.kill()
+            log.close()
+        raise
+    logs = _wait(resumed, str(tmp_path), "resumed")
+    assert f"starting at step {saved} of {NUM_STEPS}" in logs[0], logs[0][-2000:]
+    _assert_metrics_equal(workdir, single_dir, "train_loss", "recon_psnr")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,7 +80,7 @@ def test_learned_codebook_is_trained_by_its_loss():
     state, history = _run_steps(config, batches, jax.devices())
     config.train.num_steps = 1
     family = VQVAEFamily(config, mesh=parallel.make_mesh())
-    initial = family.create(jax.random.key(0), {"image": jnp.asarray(batches[0]["image"])})
+    initial = jax.jit(family.create)(jax.random.key(0), {"image": jnp.asarray(batches[0]["image"])})
     assert history[0]["codebook_loss"] > 0
     assert not np.allclose(state.params["quantizer"]["codebook"], initial.params["quantizer"]["codebook"])
     assert set(state.opt_state[0].mu) == {"net", "quantizer"}
@@ -108,30 +109,39 @@ def test_non_finite_loss_stops_without_saving_a_bad_checkpoint(tmp_path, monkeyp
     assert not os.listdir(tmp_path / "checkpoints")
 
 
-def test_checkpoint_that_does_not_match_the_config(tmp_path):
-    """Even with --allow_config_change, a checkpoint of another shape is refused in a sentence,
-    and the refused run leaves the workdir as it was (its config.json still the run's)."""
+@pytest.fixture(scope="module")
+def two_step_run(tmp_path_factory):
+    """A finished 2-step smoke run, shared: (config, workdir). A test that writes into it
+    works on a copy."""
     config = _smoke()
     config.train.num_steps = 2
-    experiment.train_and_evaluate(config, str(tmp_path))
-    saved_config = (tmp_path / "config.json").read_bytes()
+    workdir = str(tmp_path_factory.mktemp("two_step_run"))
+    experiment.train_and_evaluate(config, workdir)
+    return config, workdir
+
+
+def test_checkpoint_that_does_not_match_the_config(two_step_run, tmp_path):
+    """Even with --allow_config_change, a checkpoint of another shape is refused in a sentence,
+    and the refused run leaves the workdir as it was (its config.json still the run's)."""
+    workdir = tmp_path / "run"
+    shutil.copytree(two_step_run[1], workdir)
+    config = two_step_run[0].copy_and_resolve_references()
+    saved_config = (workdir / "config.json").read_bytes()
     config.model.hidden_channels = 24
     config.train.num_steps = 4
     with pytest.raises(ValueError, match="does not match this config"):
-        experiment.train_and_evaluate(config, str(tmp_path), allow_config_change=True)
-    assert (tmp_path / "config.json").read_bytes() == saved_config
-    assert sorted(os.listdir(tmp_path)) == ["checkpoints", "config.json", "metrics.json", "reconstructions.png",
-                                            "tensorboard"]
+        experiment.train_and_evaluate(config, str(workdir), allow_config_change=True)
+    assert (workdir / "config.json").read_bytes() == saved_config
+    assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "metrics.json", "reconstructions.png",
+                                           "tensorboard"]
 
 
-def test_init_from_another_run(tmp_path):
-    config = _smoke()
-    config.train.num_steps = 2
-    experiment.train_and_evaluate(config, str(tmp_path / "source"))
-    _, saved = _restore(str(tmp_path / "source"))
+def test_init_from_another_run(two_step_run, tmp_path):
+    config, source = two_step_run[0].copy_and_resolve_references(), two_step_run[1]
+    _, saved = _restore(source)
 
     config.optim.name = "adamw"  # another optimizer: only params and codebook are taken
-    config.init_from = str(tmp_path / "source")
+    config.init_from = source
     mesh = parallel.make_mesh()
     replicated = parallel.replicated(mesh)
     family = families.build(config, mesh=mesh, workdir=str(tmp_path / "probe"))
@@ -229,7 +239,7 @@ def test_weight_average_is_what_evaluation_uses():
     batches = _batches(config, 2)
     config.train.num_steps = 2
     family = VQVAEFamily(config, mesh=parallel.make_mesh())
-    state = family.create(jax.random.key(0), {"image": jnp.asarray(batches[0]["image"])})
+    state = jax.jit(family.create)(jax.random.key(0), {"image": jnp.asarray(batches[0]["image"])})
     history = [state.params]
     step_fn = jax.jit(family.train_step)
     for batch in batches:
@@ -238,7 +248,7 @@ def test_weight_average_is_what_evaluation_uses():
     expected = jax.tree.map(lambda p0, p1, p2: 0.25 * p0 + 0.25 * p1 + 0.5 * p2, *history)
     chex.assert_trees_all_close(state.ema_params, expected, rtol=1e-5, atol=1e-7)
     assert state.eval_params is state.ema_params
-    reconstruct = tokenizer_lib.make_reconstruct(family.model, family.quantizer)
+    reconstruct = jax.jit(tokenizer_lib.make_reconstruct(family.model, family.quantizer))
     images = jnp.asarray(batches[0]["image"])
     averaged, _ = reconstruct(tokenizer_lib.eval_weights(state), images)
     current, _ = reconstruct(tokenizer_lib.eval_weights(state.replace(ema_params=None)), images)
