@@ -13,11 +13,15 @@ from vqjax import quantizers
 from vqjax.core import parallel
 
 NUM_CODES, DIM = 16, 4
+# Fields a kind needs to make NUM_CODES codes for DIM-dimensional vectors: FSQ's 4 x 4 grid
+# on 2 code dimensions, which also puts its learned projections 4 -> 2 -> 4 under test.
+KIND_FIELDS = {"fsq": dict(levels=(4, 4))}
 
 
 def _build(kind, **overrides):
     fields = dict(kind=kind, num_codes=NUM_CODES, beta=0.25, init="uniform", dead_code_threshold=0.5,
                   usage_decay=0.5, decay=0.9)
+    fields.update(KIND_FIELDS.get(kind, {}))
     fields.update(overrides)
     return quantizers.build(ml_collections.ConfigDict(fields), dim=DIM)
 
@@ -44,7 +48,8 @@ def test_shapes_dtypes_range_and_lookup(quantizer, train):
     variables = quantizer.init(jax.random.key(1), z)
     out = jax.jit(lambda v, z, rng: quantizer(v, z, train=train, rng=rng))(variables, z, jax.random.key(2))
     chex.assert_shape(out.quantized, z.shape)
-    assert out.indices.shape == quantizer.index_shape(z.shape) == z.shape[:-1]
+    assert out.indices.shape == quantizer.index_shape(z.shape)
+    assert quantizer.index_shape(z.shape)[:z.ndim - 1] == z.shape[:-1]  # one index (or more) per vector
     assert out.indices.dtype == quantizer.index_dtype
     assert 0 <= int(out.indices.min()) and int(out.indices.max()) < quantizer.num_codes
     np.testing.assert_allclose(quantizer.lookup(variables, out.indices), out.quantized, rtol=1e-6, atol=1e-6)

@@ -16,10 +16,16 @@ import dataclasses
 from vqjax.quantizers.base import Quantizer, QuantizerOutput, total_loss
 from vqjax.quantizers.ema import (CodebookState, EMAQuantizer, ema_update, laplace_smoothing,
                                   reset_codes, restart_dead_codes)
+from vqjax.quantizers.cosine import CosineQuantizer
+from vqjax.quantizers.fsq import PRESET_LEVELS, FiniteScalarQuantizer
 from vqjax.quantizers.gumbel import GumbelQuantizer
 from vqjax.quantizers.init import init_codebook_from_data, kmeans, kmeans_plus_plus, uniform_codebook
+from vqjax.quantizers.lfq import BinarySphericalQuantizer, LookupFreeQuantizer
+from vqjax.quantizers.residual import ResidualQuantizer
 from vqjax.quantizers.search import (CODES_PER_BLOCK, VECTORS_PER_CHUNK, NearestCode, lookup,
                                      nearest_code, quantize, squared_distances, straight_through)
+from vqjax.quantizers.search import GRADIENT_ESTIMATORS, rotation_trick
+from vqjax.quantizers.simvq import FrozenCodebookState, SimVQQuantizer
 from vqjax.quantizers.stats import (CodeUsage, code_counts, perplexity, recent_usage, update_usage,
                                     usage_fraction)
 from vqjax.quantizers.vq import LearnedQuantizer, VectorQuantizer
@@ -29,6 +35,12 @@ QUANTIZERS: dict[str, type[Quantizer]] = {
     "vq": LearnedQuantizer,
     "ema": EMAQuantizer,
     "gumbel": GumbelQuantizer,
+    "cosine": CosineQuantizer,
+    "simvq": SimVQQuantizer,
+    "residual": ResidualQuantizer,
+    "fsq": FiniteScalarQuantizer,
+    "lfq": LookupFreeQuantizer,
+    "bsq": BinarySphericalQuantizer,
 }
 # config.quantizer field -> constructor argument, where the config's name is taken by the
 # interface (`init` is the method that makes the variables).
@@ -55,4 +67,7 @@ __all__ = [
     "kmeans", "kmeans_plus_plus", "laplace_smoothing", "lookup", "nearest_code", "perplexity", "quantize",
     "recent_usage", "reset_codes", "restart_dead_codes", "squared_distances", "straight_through",
     "uniform_codebook", "update_usage", "usage_fraction",
+    "CosineQuantizer", "SimVQQuantizer", "FrozenCodebookState", "ResidualQuantizer", "GRADIENT_ESTIMATORS",
+    "rotation_trick",
+    "FiniteScalarQuantizer", "PRESET_LEVELS", "LookupFreeQuantizer", "BinarySphericalQuantizer",
 ]

@@ -14,7 +14,7 @@ from vqjax.losses.vq import vq_loss_terms
 from vqjax.quantizers import stats
 from vqjax.quantizers.base import Quantizer, QuantizerOutput
 from vqjax.quantizers.init import initial_codebook
-from vqjax.quantizers.search import flatten_vectors, lookup, quantize
+from vqjax.quantizers.search import check_gradient_estimator, flatten_vectors, lookup, quantize
 from vqjax.quantizers.stats import code_counts, dead_codes, restart_candidates
 
 
@@ -139,7 +139,7 @@ def restart_dead_codes(state: CodebookState, z: jax.Array, rng: jax.Array, *, th
 @dataclasses.dataclass(frozen=True)
 class CodebookSettings:
     """What every codebook quantizer of `config.quantizer` shares: size, loss weighting,
-    initialisation and health (usage statistics, dead-code restarts)."""
+    gradient estimator, initialisation and health (usage statistics, dead-code restarts)."""
 
     num_codes: int
     dim: int
@@ -152,8 +152,11 @@ class CodebookSettings:
     dead_code_threshold: float = 0.0  # usage below it restarts a code; 0 = never
     usage_decay: float = 0.9
     usage_window: int = 100  # steps over which `codes_used_recent` counts a code as used
+    # config.quantizer.gradient: 'straight_through' | 'rotation' (search.GRADIENT_ESTIMATORS)
+    gradient: str = "straight_through"
 
     def __post_init__(self):
+        check_gradient_estimator(self.gradient)
         threshold = self.dead_code_threshold
         if threshold and not 0.0 < threshold < 1.0:
             raise ValueError(
@@ -188,7 +191,7 @@ class EMAQuantizer(CodebookSettings, Quantizer):
     def __call__(self, variables: dict, z: jax.Array, *, train: bool = False,
                  rng: Optional[jax.Array] = None) -> QuantizerOutput:
         del train, rng
-        q = quantize(z, variables["state"].embedding)
+        q = quantize(z, variables["state"].embedding, gradient=self.gradient)
         losses = vq_loss_terms(q.codebook_loss, q.commitment_loss, beta=self.beta, legacy=self.legacy_beta,
                                learned_codebook=False)
         return QuantizerOutput(q.quantized, q.indices, losses,

@@ -1,5 +1,5 @@
-"""Nearest-code search, lookup and the straight-through estimator: what every codebook
-quantizer shares (pure functions of arrays).
+"""Nearest-code search, lookup and the gradient estimators (straight-through, rotation trick):
+what every codebook quantizer shares (pure functions of arrays).
 
 Conventions: encoder outputs `z` have shape `[..., D]`, a codebook has shape `[K, D]`,
 code indices are int32 with the shape of `z` minus its last axis. Distances are computed in
@@ -141,19 +141,67 @@ def straight_through(z: jax.Array, z_q: jax.Array) -> jax.Array:
     return z + jax.lax.stop_gradient(z_q.astype(z.dtype) - z)
 
 
+# Norms below this are clamped, as vector-quantize-pytorch's `safe_div` and `l2norm` do: a zero
+# vector has no direction, and a tiny one would give an unbounded scale.
+_SMALLEST_NORM = 1e-6
+
+
+def _norm(v: jax.Array) -> jax.Array:
+    """|v| over the last axis, kept, at least `_SMALLEST_NORM` (a finite gradient at 0)."""
+    return jnp.sqrt(jnp.maximum(jnp.sum(v * v, axis=-1, keepdims=True), _SMALLEST_NORM**2))
+
+
+def rotation_trick(z: jax.Array, z_q: jax.Array) -> jax.Array:
+    """Forward value `z_q` exactly; gradient to `z` through the linear map `sg(lambda R)`
+    (Fifty et al. 2024, "Restructuring Vector Quantization with the Rotation Trick", sec. 4.2).
+
+    R rotates u = z/|z| onto q = z_q/|z_q| in the plane they span and lambda = |z_q|/|z|, so
+    lambda R z = z_q. With w = (u + q)/|u + q|, R = I - 2 w w^T + 2 q u^T (a Householder
+    reflection through w followed by the one onto q); R z is applied as two dot products per
+    vector, never as a D x D matrix. No gradient reaches `z_q` on this path (the codebook
+    learns from its loss term), as in the paper.
+    """
+    vectors = z.astype(jnp.float32)
+    fixed = jax.lax.stop_gradient(vectors)
+    code = jax.lax.stop_gradient(z_q).astype(jnp.float32)
+    vector_norm, code_norm = _norm(fixed), _norm(code)
+    u, q = fixed / vector_norm, code / code_norm
+    w = (u + q) / _norm(u + q)  # antiparallel u, q: w = 0 and R is the reflection I - 2 q q^T
+    rotated = (code_norm / vector_norm) * (
+        vectors
+        - 2.0 * w * jnp.sum(w * vectors, axis=-1, keepdims=True)
+        + 2.0 * q * jnp.sum(u * vectors, axis=-1, keepdims=True))
+    # `rotated - sg(rotated)` is exactly zero with the gradient of lambda R z: the forward
+    # value is the code itself, not lambda R z rounded.
+    return (code + (rotated - jax.lax.stop_gradient(rotated))).astype(z.dtype)
+
+
+# config.quantizer.gradient: how the gradient crosses the non-differentiable code choice.
+GRADIENT_ESTIMATORS = {"straight_through": straight_through, "rotation": rotation_trick}
+
+
+def check_gradient_estimator(name: str) -> None:
+    """Refuses, in a sentence, a gradient estimator that `GRADIENT_ESTIMATORS` does not name."""
+    if name not in GRADIENT_ESTIMATORS:
+        raise ValueError(f"config.quantizer.gradient is {name!r}; use one of {sorted(GRADIENT_ESTIMATORS)}.")
+
+
 @struct.dataclass
 class NearestCode:
     """Nearest-code quantization of `z`: per-vector terms, reduced by the quantizer."""
 
-    quantized: jax.Array  # straight-through code vectors, shape of z
+    quantized: jax.Array  # code vectors, shape of z, with the estimator's gradient to z
     indices: jax.Array  # int32, z.shape[:-1]
     codebook_loss: jax.Array  # ||sg[z] - e||^2 per vector
     commitment_loss: jax.Array  # ||z - sg[e]||^2 per vector, not yet times beta
 
 
-def quantize(z: jax.Array, codebook: jax.Array, **search_kwargs) -> NearestCode:
-    """Nearest-code quantization with the straight-through estimator."""
+def quantize(z: jax.Array, codebook: jax.Array, *, gradient: str = "straight_through",
+             **search_kwargs) -> NearestCode:
+    """Nearest-code quantization; the gradient to `z` by the estimator `gradient` names
+    ('straight_through' or 'rotation', `GRADIENT_ESTIMATORS`)."""
+    check_gradient_estimator(gradient)
     indices = nearest_code(z, codebook, **search_kwargs)
     z_q = lookup(codebook, indices)
     codebook_loss, commitment_loss = codebook_and_commitment_losses(z, z_q)
-    return NearestCode(straight_through(z, z_q), indices, codebook_loss, commitment_loss)
+    return NearestCode(GRADIENT_ESTIMATORS[gradient](z, z_q), indices, codebook_loss, commitment_loss)

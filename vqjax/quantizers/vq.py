@@ -30,7 +30,7 @@ class LearnedQuantizer(CodebookSettings, Quantizer):
     def __call__(self, variables: dict, z: jax.Array, *, train: bool = False,
                  rng: Optional[jax.Array] = None) -> QuantizerOutput:
         del train, rng
-        q = quantize(z, variables["params"]["codebook"])
+        q = quantize(z, variables["params"]["codebook"], gradient=self.gradient)
         losses = vq_loss_terms(q.codebook_loss, q.commitment_loss, beta=self.beta, legacy=self.legacy_beta)
         return QuantizerOutput(q.quantized, q.indices, losses,
                                {"perplexity": stats.perplexity(stats.code_counts(q.indices, self.num_codes))})
