@@ -50,28 +50,76 @@ def pytest_unconfigure(config):
 
 import pytest  # noqa: E402
 
+# Whether tests/test_multihost.py has tests in this session: its two-process run then starts in
+# the background as soon as the shared VQGAN it mirrors is trained (see `trained_vqgan`).
+_MULTIHOST_SELECTED = pytest.StashKey[bool]()
 
-@pytest.fixture(scope="session")
-def trained_vqgan(tmp_path_factory):
-    """One VQGAN smoke run (4 steps, weight average on) shared by the tests that need a
-    finished workdir: (config, workdir, final metrics)."""
+
+def pytest_collection_finish(session):
+    session.config.stash[_MULTIHOST_SELECTED] = any(
+        item.nodeid.startswith("tests/test_multihost.py") for item in session.items)
+
+
+def pytest_sessionfinish(session):
+    multihost = sys.modules.get("tests.test_multihost")
+    if multihost is not None:
+        multihost.stop_background_pod()  # a session that ends early leaves no processes behind
+
+
+# The configs of the shared runs below (tests/test_multihost.py trains the same on two processes).
+def vqgan_run_config():
     from tests.helpers import load_config
-    from vqjax.train import experiment
 
     config = load_config("vqgan_quickstart", "smoke")
     config.optim.params_ema_decay = 0.5  # evaluation uses the weight average
-    workdir = str(tmp_path_factory.mktemp("trained_vqgan"))
+    return config
+
+
+def prior_run_config(tokenizer_dir: str):
+    from tests.helpers import load_config
+
+    config = load_config("prior_quickstart", "smoke")
+    config.tokenizer_dir = tokenizer_dir
+    return config
+
+
+def diffusion_run_config():
+    from tests.helpers import load_config
+
+    return load_config("diffusion_quickstart", "smoke")
+
+
+def _train(config, tmp_path_factory, name):
+    from vqjax.train import experiment
+
+    workdir = str(tmp_path_factory.mktemp(name))
     return config, workdir, experiment.train_and_evaluate(config, workdir)
+
+
+@pytest.fixture(scope="session")
+def trained_vqgan(tmp_path_factory, request):
+    """One VQGAN smoke run (4 steps, weight average on) shared by the tests that need a
+    finished workdir: (config, workdir, final metrics)."""
+    run = _train(vqgan_run_config(), tmp_path_factory, "trained_vqgan")
+    if request.config.stash.get(_MULTIHOST_SELECTED, False):
+        # The two-process run of every family, on the second core while the suite goes on
+        # (the prior's reference run reads this VQGAN, so it can start no earlier).
+        from tests import test_multihost
+
+        test_multihost.start_background_pod(tmp_path_factory, {
+            "vqgan": run[0], "prior": prior_run_config(run[1]), "diffusion": diffusion_run_config()})
+    return run
 
 
 @pytest.fixture(scope="session")
 def trained_prior(trained_vqgan, tmp_path_factory):
     """One MaskGIT prior smoke run (prior_quickstart:smoke, 4 steps) on the shared VQGAN, shared
     by the tests that need a finished prior workdir: (config, workdir, final metrics)."""
-    from tests.helpers import load_config
-    from vqjax.train import experiment
+    return _train(prior_run_config(trained_vqgan[1]), tmp_path_factory, "trained_prior")
 
-    config = load_config("prior_quickstart", "smoke")
-    config.tokenizer_dir = trained_vqgan[1]
-    workdir = str(tmp_path_factory.mktemp("trained_prior"))
-    return config, workdir, experiment.train_and_evaluate(config, workdir)
+
+@pytest.fixture(scope="session")
+def trained_diffusion(tmp_path_factory):
+    """One diffusion smoke run (diffusion_quickstart:smoke, 4 steps) shared by the tests that
+    need a finished diffusion workdir: (config, workdir, final metrics)."""
+    return _train(diffusion_run_config(), tmp_path_factory, "trained_diffusion")

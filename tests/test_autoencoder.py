@@ -141,6 +141,7 @@ def test_group_norm_is_torchs(shape, groups):
         blocks.GroupNorm(num_groups=5).init(jax.random.key(0), x)
 
 
+@pytest.mark.extended
 def test_remat_changes_memory_not_the_function():
     """`remat=True` keeps the parameter tree, the outputs and the gradients (dropout included,
     its rng replayed), and really wraps the blocks in a checkpoint."""

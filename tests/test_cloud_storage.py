@@ -114,6 +114,7 @@ def _numbers(tree: dict, prefix: str = "") -> dict:
     return found
 
 
+@pytest.mark.extended
 def test_train_resume_and_evaluate_in_a_bucket(bucket, tmp_path):
     url, fs = bucket
     local_data = str(tmp_path / "data")

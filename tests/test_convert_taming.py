@@ -311,6 +311,7 @@ def test_an_overwrite_that_fails_while_writing_keeps_the_old_model(tmp_path, mon
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pth", "model.yaml", "out"]
 
 
+@pytest.mark.extended
 def test_a_converted_model_is_a_starting_point_for_init_from(tmp_path):
     """The model directory is a workdir: `config.init_from` gives a VQGAN run the converted
     autoencoder, codebook and discriminator (the trainer's use of them is in test_trainer)."""

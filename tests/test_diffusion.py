@@ -78,16 +78,8 @@ def test_learned_variance_trains_the_variance_by_the_bound_only():
     assert float(jnp.abs(with_bound[..., 3:]).max()) > 0.0
 
 
-@pytest.fixture(scope="module")
-def trained_diffusion(tmp_path_factory):
-    """The smoke quickstart, trained to its end (4 steps) in a workdir."""
-    workdir = str(tmp_path_factory.mktemp("diffusion"))
-    metrics = experiment.train_and_evaluate(load_config("diffusion_quickstart", "smoke"), workdir)
-    return workdir, metrics
-
-
 def test_smoke_run_writes_samples_and_a_bits_per_dim(trained_diffusion):
-    workdir, metrics = trained_diffusion
+    _, workdir, metrics = trained_diffusion  # diffusion_quickstart:smoke (tests/conftest.py)
     assert os.path.exists(os.path.join(workdir, "samples.png"))
     with open(os.path.join(workdir, "metrics.json")) as f:
         saved = json.load(f)
@@ -97,7 +89,7 @@ def test_smoke_run_writes_samples_and_a_bits_per_dim(trained_diffusion):
 
 
 def test_loaded_model_samples_inpaints_and_scores(trained_diffusion):
-    workdir, _ = trained_diffusion
+    _, workdir, _ = trained_diffusion
     model = vqjax.diffusion.load(workdir)
     # The trainer's sampling settings and batch (8 images, DDIM 5 steps): its compiled program.
     noise = jax.random.normal(jax.random.key(5), (8,) + model.image_shape)
@@ -118,7 +110,7 @@ def test_loaded_model_samples_inpaints_and_scores(trained_diffusion):
 
 
 def test_errors_are_sentences(trained_diffusion):
-    workdir, _ = trained_diffusion
+    _, workdir, _ = trained_diffusion
     model = vqjax.diffusion.load(workdir)
     with pytest.raises(ValueError, match="Unknown sampler 'euler'"):
         model.sample(jax.random.key(0), 2, sampler="euler")
@@ -152,7 +144,7 @@ def test_errors_are_sentences(trained_diffusion):
 
 def _tokenizer_dir(trained_diffusion):
     """A workdir of another family (a vqvae config.json beside an empty checkpoints/)."""
-    workdir = os.path.join(os.path.dirname(trained_diffusion[0]), "not_diffusion")
+    workdir = os.path.join(os.path.dirname(trained_diffusion[1]), "not_diffusion")
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(load_config("vqvae_quickstart", "smoke").to_json())
@@ -176,6 +168,7 @@ def test_class_conditional_model_with_guidance():
         model.sample(jax.random.key(0), 2, labels=[1, 9])
 
 
+@pytest.mark.extended
 def test_super_resolution_smoke_run(tmp_path):
     config = load_config("sr_quickstart", "smoke")
     metrics = experiment.train_and_evaluate(config, str(tmp_path))

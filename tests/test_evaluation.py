@@ -68,6 +68,7 @@ def _reference_inception(torch, directory, calibration):
     return model.eval()
 
 
+@pytest.mark.extended
 def test_entry_point_lpips_and_rfid_equal_the_reference_packages(trained_vqgan, tmp_path):
     """Through the command line, with weight files converted from random PyTorch networks: the
     LPIPS and rFID it reports equal the `lpips` package's mean distance and pytorch-fid's

@@ -114,6 +114,7 @@ def test_batch_statistics_come_from_the_discriminator_pass_only(five_steps):
     chex.assert_trees_all_close(new_state.extra["disc_batch_stats"], batch_stats_after_step(state), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.extended
 def test_no_running_statistics_with_group_norm_and_r1():
     config = _config(norm="group", disc_start=0, gen_adv_delay=0, r1_gamma=1.0, gan_loss="non_saturating")
     family, state, images = _setup(config)
@@ -153,6 +154,7 @@ def test_adaptive_weight_and_gradients_against_explicit_differentiation():
     np.testing.assert_allclose(metrics["grad_norm"], optax.global_norm(total_grads), rtol=1e-4)
 
 
+@pytest.mark.extended
 def test_perceptual_term_in_the_step(tmp_path):
     config = _config(perceptual_weight=0.5)
     images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, size=(4, 16, 16, 3)), jnp.float32)

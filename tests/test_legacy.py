@@ -48,6 +48,7 @@ def test_an_old_tokenizer_loads_and_reconstructs_as_the_new_one(old_workdir):
     np.testing.assert_array_equal(old.codebook, new.codebook)
 
 
+@pytest.mark.extended
 def test_an_old_workdir_is_not_resumed_but_initialises_a_new_run(old_workdir, trained_vqgan, tmp_path):
     _, old_dir = old_workdir
     # The shared run's config (tests/conftest.py), so that the programs its run compiled (all but

@@ -55,6 +55,7 @@ def test_distances_equal_the_lpips_package(reference, weights_file, size):
     np.testing.assert_allclose(np.asarray(same), 0.0, atol=1e-6)
 
 
+@pytest.mark.extended
 def test_loss_gradient_equals_the_lpips_package(reference, weights_file):
     """The gradient of the loss with respect to the reconstruction, at 32x32 (VGG's last stage on
     2x2 maps, vqjax.nets.conv's patches path), against PyTorch's autograd of the package."""

@@ -4,12 +4,15 @@ must end where one process with 4 devices does (the same global batches, so the 
 codebook and metrics):
   - VQGAN: discriminator, batch-norm statistics, EMA codebook and weight average;
   - prior: both processes encode the code maps together, process 0 caches them;
+  - diffusion: dropout, timesteps and the bits/dim estimate's draws, the weight average;
   - VQ-VAE: preempted by a SIGTERM to one process only (both must save the same step and exit),
     then resumed by the entry point (`python -m experiments.vqvae --multihost`).
 
 One pair of processes (tests/multihost_worker.py) trains the families of FAMILIES, each as its
 shared one-process run of tests/conftest.py was trained, then the VQ-VAE that the SIGTERM stops:
-one start-up and one `jax.distributed` connection for all of them. (Their compiled programs
+one start-up and one `jax.distributed` connection for all of them. In a whole-suite run the pair
+starts in the background as soon as the shared VQGAN is trained (tests/conftest.py), and trains
+on the core the one-process tests leave idle while they compile. (Their compiled programs
 cannot come from the persistent compilation cache of the one-process runs: those are compiled
 for 4 devices of one process. Process 0 reads the cache's entries of earlier two-process runs,
 process 1 never: on the CPU, the cache key holds the topology each process sees of itself.)
@@ -22,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -49,6 +53,7 @@ class Family:
 FAMILIES = {
     "vqgan": Family("trained_vqgan", "vqgan_quickstart", "d_loss"),
     "prior": Family("trained_prior", "prior_quickstart", "bits_per_token", same_files=("tokens",)),
+    "diffusion": Family("trained_diffusion", "diffusion_quickstart", "bits_per_dim"),
 }
 
 
@@ -124,34 +129,78 @@ def _run_as(reference_config, name) -> dict:
     return {"config": name, "overrides": overrides}
 
 
+class Pod:
+    """One pair of processes that trains each family of FAMILIES, then the VQ-VAE of OVERRIDES,
+    which a SIGTERM to process 1 alone stops once its step-2 checkpoint is saved (a thread
+    watches for it, so that the pair can run in the background)."""
+
+    def __init__(self, root, reference_configs: dict):
+        self.root = str(root)
+        self.workdirs = {name: os.path.join(self.root, name) for name in [*FAMILIES, "vqvae"]}
+        runs = [{**_run_as(reference_configs[name], family.config), "workdir": self.workdirs[name]}
+                for name, family in FAMILIES.items()]
+        runs.append({"config": "vqvae_quickstart", "overrides": OVERRIDES, "workdir": self.workdirs["vqvae"]})
+        runs_file = os.path.join(self.root, "runs.json")
+        with open(runs_file, "w") as f:
+            json.dump(runs, f)
+        self.processes = _launch(lambda port, index: [sys.executable, "-m", "tests.multihost_worker", str(port),
+                                                      str(index), runs_file], self.root, "pod")
+        self.sigterm_problem = None
+        self.watcher = threading.Thread(target=self._sigterm_once_step_2_is_saved, daemon=True)
+        self.watcher.start()
+
+    def _sigterm_once_step_2_is_saved(self):
+        # Once the VQ-VAE's step 2 is saved (the coordination service of jax.distributed is
+        # running by then), long before step NUM_STEPS.
+        deadline = time.monotonic() + 900
+        while not os.path.isdir(os.path.join(self.workdirs["vqvae"], "checkpoints", "2")):
+            if time.monotonic() > deadline or any(p.poll() is not None for p, _ in self.processes):
+                self.sigterm_problem = "no step-2 checkpoint of the VQ-VAE"
+                return
+            time.sleep(0.05)
+        self.processes[1][0].send_signal(signal.SIGTERM)
+
+    def finish(self) -> dict:
+        """Waits for both processes: {"workdirs": {family or 'vqvae': workdir}, "logs": [process
+        0's output, process 1's]}."""
+        self.watcher.join(timeout=900)
+        logs = _wait(self.processes, self.root, "pod", timeout=600)
+        assert self.sigterm_problem is None, self.sigterm_problem + ":\n" + "\n".join(log[-3000:] for log in logs)
+        return {"workdirs": self.workdirs, "logs": logs}
+
+    def kill(self):
+        for process, log in self.processes:
+            if process.poll() is None:
+                process.kill()
+            log.close()
+
+
+_BACKGROUND: dict = {}  # "pod": the Pod tests/conftest.py started, until the `pod` fixture takes it
+
+
+def start_background_pod(tmp_path_factory, reference_configs: dict) -> None:
+    """Starts the pair of processes now (tests/conftest.py does, once the shared VQGAN is trained)."""
+    if "pod" not in _BACKGROUND:
+        _BACKGROUND["pod"] = Pod(tmp_path_factory.mktemp("pod"), reference_configs)
+
+
+def stop_background_pod() -> None:
+    pod = _BACKGROUND.pop("pod", None)
+    if pod is not None:
+        pod.kill()
+
+
 @pytest.fixture(scope="module")
 def pod(request, tmp_path_factory):
-    """One pair of processes that trains each family of FAMILIES, then the VQ-VAE of OVERRIDES,
-    which a SIGTERM to process 1 alone stops once its step-2 checkpoint is saved:
-    {"workdirs": {family or 'vqvae': workdir}, "logs": [process 0's output, process 1's]}."""
-    root = tmp_path_factory.mktemp("pod")
-    workdirs = {name: str(root / name) for name in [*FAMILIES, "vqvae"]}
-    runs = [{**_run_as(request.getfixturevalue(family.reference)[0], family.config), "workdir": workdirs[name]}
-            for name, family in FAMILIES.items()]
-    runs.append({"config": "vqvae_quickstart", "overrides": OVERRIDES, "workdir": workdirs["vqvae"]})
-    with open(root / "runs.json", "w") as f:
-        json.dump(runs, f)
-    worker = lambda port, index: [sys.executable, "-m", "tests.multihost_worker", str(port), str(index),  # noqa: E731
-                                  str(root / "runs.json")]
-    processes = _launch(worker, str(root), "pod")
+    """The Pod's finished runs; the one started in the background, else one started now."""
+    started = _BACKGROUND.pop("pod", None)
+    if started is None:
+        started = Pod(tmp_path_factory.mktemp("pod"),
+                      {name: request.getfixturevalue(family.reference)[0] for name, family in FAMILIES.items()})
     try:
-        # SIGTERM to process 1 alone, once the VQ-VAE's step 2 is saved (the coordination service
-        # of jax.distributed is running by then) and long before step NUM_STEPS.
-        deadline = time.monotonic() + 600
-        while not os.path.isdir(os.path.join(workdirs["vqvae"], "checkpoints", "2")):
-            alive = all(p.poll() is None for p, _ in processes)
-            assert time.monotonic() < deadline and alive, "no step-2 checkpoint of the VQ-VAE:\n" + "\n".join(
-                log[-3000:] for log in _logs(str(root), "pod"))
-            time.sleep(0.05)
-        processes[1][0].send_signal(signal.SIGTERM)
+        return started.finish()
     finally:
-        logs = _wait(processes, str(root), "pod")
-    return {"workdirs": workdirs, "logs": logs}
+        started.kill()
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))

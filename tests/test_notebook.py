@@ -10,6 +10,7 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 
+@pytest.mark.extended
 def test_quickstart_notebook_executes(monkeypatch):
     monkeypatch.setenv("VQJAX_NOTEBOOK_SMOKE", "1")
     monkeypatch.setenv("VQJAX_REPO", REPO_ROOT)

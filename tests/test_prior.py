@@ -279,6 +279,7 @@ def maskgit_run(trained_vqgan, tmp_path_factory):
     return config, workdir, result, scored
 
 
+@pytest.mark.extended
 def test_maskgit_prior_end_to_end(maskgit_run, trained_vqgan):
     config, workdir, result, _ = maskgit_run
     assert result["step"] == config.train.num_steps
@@ -297,6 +298,7 @@ def test_maskgit_prior_end_to_end(maskgit_run, trained_vqgan):
     assert inpainting.shape == (2 + 5 * 66, 2 + 8 * 66, 3)  # originals, 2 x (masked, completed)
 
 
+@pytest.mark.extended
 def test_maskgit_run_sample_quality_equals_pytorch_fid_features_and_numpy_formulas(maskgit_run):
     """The FID, IS and KID the run reports, against pytorch-fid's InceptionV3 (the network its
     weights file was converted from) on the images it scored, with the formulas written out here
@@ -385,6 +387,7 @@ def test_prior_errors_are_sentences(trained_vqgan, tmp_path):
     assert os.listdir(tmp_path / "d") == []  # found before step 1: no token cache, no config.json
 
 
+@pytest.mark.extended
 def test_loaded_prior_samples_what_the_run_sampled(maskgit_run, trained_vqgan):
     config, workdir, _, _ = maskgit_run
     loaded = prior.load(str(workdir))
@@ -402,6 +405,7 @@ def test_loaded_prior_samples_what_the_run_sampled(maskgit_run, trained_vqgan):
         prior.load(trained_vqgan[1])
 
 
+@pytest.mark.extended
 def test_evaluate_entry_point_on_a_prior_gives_the_runs_likelihood(maskgit_run, tmp_path):
     from vqjax.eval import evaluate_model as evaluation
 

@@ -180,6 +180,7 @@ def _entry_point(workdir, *overrides, family="vqvae", **popen):
                             stderr=subprocess.STDOUT, text=True, **popen)
 
 
+@pytest.mark.extended
 def test_entry_point_sigterm_saves_and_resumes(tmp_path):
     workdir = tmp_path / "run"
     proc = _entry_point(workdir, "--config.train.num_steps=100000", "--config.train.ckpt_steps=100000",

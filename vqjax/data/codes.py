@@ -43,10 +43,17 @@ def _key(arrays_or_flag) -> str:
     return "latents" if latents else "codes"
 
 
+# The quantizer settings that decide what a code means (a cache of another quantizer is refused).
+_QUANTIZER_FIELDS = ("kind", "num_codes", "levels", "stage", "depth", "shared_codebook")
+
+
 def describe(tokenizer, tokenizer_dir: str, data_cfg, split: str, flip: bool, limit: int) -> dict:
-    return {"tokenizer_dir": os.fspath(paths.resolve(tokenizer_dir)), "tokenizer_step": tokenizer.step,
-            "split": split, "flip": bool(flip), "limit": int(limit),
-            **{k: data_cfg.get(k) for k in _DATA_FIELDS}}
+    quantizer_cfg = tokenizer.config.quantizer
+    description = {"tokenizer_dir": os.fspath(paths.resolve(tokenizer_dir)), "tokenizer_step": tokenizer.step,
+                   "split": split, "flip": bool(flip), "limit": int(limit),
+                   "quantizer": {k: quantizer_cfg.get(k) for k in _QUANTIZER_FIELDS if k in quantizer_cfg},
+                   **{k: data_cfg.get(k) for k in _DATA_FIELDS}}
+    return json.loads(json.dumps(description))  # as the cache stores it (tuples as lists)
 
 
 def encode_split(tokenizer, data_cfg, split: str, *, flip: bool, batch_size: int, mesh, limit: int = 0,
@@ -103,8 +110,9 @@ def _load(path: str, description: dict, num_codes: int, latents: bool = False) -
     except (zipfile.BadZipFile, EOFError, KeyError, ValueError, OSError) as err:
         raise ValueError(f"The cached code maps {path} cannot be read ({type(err).__name__}: {err}); it is "
                          f"truncated or not a vqjax cache: {remedy}.") from None
-    if made_by != description:
-        changed = sorted(k for k in set(made_by) | set(description) if made_by.get(k) != description.get(k))
+    # A setting the cache does not record is one that vqjax added since it was written: not a change.
+    changed = sorted(k for k in made_by if made_by[k] != description.get(k))
+    if changed:
         raise ValueError(
             f"The cached code maps {path} were made with other settings ({', '.join(changed)}: "
             f"{[made_by.get(k) for k in changed]} there, {[description.get(k) for k in changed]} now); "

@@ -64,6 +64,11 @@ def load_evaluators(lpips_path: str = "", inception_path: str = "") -> Evaluator
     return evaluators
 
 
+# Codebook usage is a [K] histogram summed over the evaluation; above this many codes (LFQ/BSQ
+# with 25+ bits) it is not counted, as the quantizers never materialise their implicit codebook.
+MAX_COUNTED_CODES = 2**24
+
+
 def make_eval_step(reconstruct: Reconstruct, num_codes: int) -> Callable:
     """`eval_step(weights, batch, lpips_params, inception_variables) -> (sums, features)`.
 
@@ -82,8 +87,9 @@ def make_eval_step(reconstruct: Reconstruct, num_codes: int) -> Callable:
             "recon_mse": jnp.sum(reconstruction_losses.l2_reconstruction(reconstruction, images) * mask),
             "recon_psnr": jnp.sum(metrics.psnr(clipped, images) * mask),
             "recon_ssim": jnp.sum(metrics.ssim(clipped, images) * mask),
-            "code_counts": quantizers.code_counts(indices, num_codes, code_mask),
         }
+        if num_codes <= MAX_COUNTED_CODES:
+            sums["code_counts"] = quantizers.code_counts(indices, num_codes, code_mask)
         if lpips_params is not None:
             distance = lpips_lib.LPIPS().apply({"params": lpips_params}, clipped, images)
             sums["lpips"] = jnp.sum(distance * mask)
@@ -128,10 +134,11 @@ def summarize(sums: dict, real=None, fake=None, code_bits: Optional[float] = Non
         "recon_mse": float(sums["recon_mse"] / count),
         "recon_psnr": float(sums["recon_psnr"] / count),
         "recon_ssim": float(sums["recon_ssim"] / count),
-        "codebook_usage": float(quantizers.usage_fraction(sums["code_counts"])),
-        "perplexity": float(quantizers.perplexity(sums["code_counts"])),
         "num_eval_examples": int(sums["num_examples"]),
     }
+    if "code_counts" in sums:
+        result["codebook_usage"] = float(quantizers.usage_fraction(sums["code_counts"]))
+        result["perplexity"] = float(quantizers.perplexity(sums["code_counts"]))
     if code_bits is not None:
         result["bits_per_pixel"] = float(code_bits)
     if "lpips" in sums:

@@ -40,7 +40,9 @@ def vqvae_base() -> ml_collections.ConfigDict:
         dtype="float32",
     )
     config.quantizer = dict(
-        kind="ema",  # 'ema' (EMA codebook state) | 'vq' (codebook learned by loss)
+        # 'ema' (EMA codebook state) | 'vq' (codebook learned by loss) | 'gumbel' | 'cosine' |
+        # 'simvq' | 'residual' | 'fsq' | 'lfq' | 'bsq' (vqjax.quantizers.QUANTIZERS)
+        kind="ema",
         num_codes=512,
         beta=0.25,  # commitment weight
         legacy_beta=False,  # True: taming's VectorQuantizer2(legacy=True) beta placement
@@ -56,6 +58,21 @@ def vqvae_base() -> ml_collections.ConfigDict:
         init="uniform",  # 'uniform' | 'kmeans++' (on the first batch's encoder outputs)
         kmeans_iters=10,
         usage_window=100,  # steps over which `codes_used_recent` counts a code as used
+        # How the gradient crosses the code choice of 'vq', 'ema', 'cosine', 'simvq' and the
+        # residual stages: 'straight_through' | 'rotation' (Fifty et al. 2024).
+        gradient="straight_through",
+        codebook_dim=32,  # 'cosine': the factorised code space (ViT-VQGAN)
+        levels=(),  # 'fsq': levels per code dimension; () = the paper's preset for num_codes
+        # 'lfq' / 'bsq': the entropy term, weight x (per-vector entropy - gamma x codebook entropy).
+        entropy_weight=0.1,
+        diversity_gamma=1.0,
+        inverse_temperature=100.0,
+        entropy_group_size=8,  # code bits per exactly enumerated group (an upper bound across groups)
+        # 'residual': `depth` stages of kind `stage` on successive residuals.
+        stage="vq",
+        depth=4,
+        shared_codebook=False,
+        quantizer_dropout=False,  # train on the first n ~ U{1..depth} stages (SoundStream)
     )
     config.loss = dict(reconstruction="l2")
     config.optim = dict(

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -37,7 +39,7 @@ class Prior:
         images = prior.sample(jax.random.key(0), labels=[0, 1, 2, 3])
 
     Attributes: `config`, `model` (the Transformer), `params` (the weight average when the run
-    kept one), `tokenizer` (a `vqjax.pretrained.Tokenizer`), `code_shape` ((h, w)).
+    kept one), `tokenizer` (a `vqjax.pretrained.Tokenizer`), `code_shape` ((h, w) or (h, w, depth)).
     """
 
     def __init__(self, config, model: Transformer, params, tokenizer: Tokenizer, code_shape: tuple):
@@ -74,13 +76,15 @@ def load(workdir: str) -> Prior:
         raise ValueError(f"{workdir} holds a tokenizer, not a prior; load it with vqjax.pretrained.load.")
     tokenizer = tokenizer_lib.load(config.tokenizer_dir)
     data_cfg = resolve_data(config.data, tokenizer)
-    side = data_cfg.image_size // tokenizer.downsampling_factor
-    model = nets.build_transformer(num_codes=tokenizer.num_codes, seq_len=side * side, **config.model)
+    # A code map is (h, w) codes, or (h, w, depth) of a residual quantizer, read as one sequence.
+    code_shape = tokenizer.code_shape(data_cfg.image_size)
+    seq_len = math.prod(code_shape)
+    model = nets.build_transformer(num_codes=tokenizer.num_codes, seq_len=seq_len, **config.model)
     _, saved = checkpoints.read_latest(workdir, "vqjax.prior.load's workdir")
     params = saved.get("ema_params") or saved["params"]
-    expected = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, side * side), jnp.int32),
+    expected = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, seq_len), jnp.int32),
                                                  jnp.zeros((1,), jnp.int32))["params"])
     problem = checkpoints.first_mismatch(params, expected)
     if problem:
         raise ValueError(f"The checkpoint in {workdir} does not fit its config.json ({problem}).")
-    return Prior(config, model, params, tokenizer, (side, side))
+    return Prior(config, model, params, tokenizer, code_shape)

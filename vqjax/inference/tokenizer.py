@@ -84,8 +84,22 @@ class Tokenizer:
         """The arrays `encode_fn` and `reconstruct_fn` take: (params, quantizer state)."""
         return self.params, self.quantizer_state
 
+    @property
+    def index_tail(self) -> tuple:
+        """The axes of a code map after (h, w): () with one code per position, (depth,) for a
+        residual quantizer's stacked codes."""
+        return tuple(self.quantizer.index_shape((1, 1, self.quantizer.dim)))[2:]
+
+    def code_shape(self, image_size: int) -> tuple:
+        """The shape of one code map of `image_size` x `image_size` images: (h, w, *index_tail)."""
+        side = image_size // self.downsampling_factor
+        return (side, side, *self.index_tail)
+
     @functools.cached_property
     def codebook(self) -> jax.Array:
+        if self.index_tail:
+            raise ValueError(f"A {self.config.quantizer.kind!r} quantizer's code is a tuple of "
+                             f"{self.index_tail} indices, not one row of a codebook; use decode_indices.")
         variables = {"params": self.params["quantizer"], "state": self.quantizer_state}
         return self.quantizer.lookup(variables, jnp.arange(self.num_codes, dtype=jnp.int32))
 
@@ -114,7 +128,8 @@ class Tokenizer:
         return images
 
     def encode(self, images) -> tuple[jax.Array, jax.Array]:
-        """Images [B, H, W, C] in [-1, 1] -> (quantized vectors [B, h, w, D], code indices [B, h, w])."""
+        """Images [B, H, W, C] in [-1, 1] -> (quantized vectors [B, h, w, D], code indices
+        [B, h, w, *index_tail])."""
         return _encode(self.model, self.quantizer, self.weights, self._check_images(images))
 
     def decode(self, z_q) -> jax.Array:
@@ -126,11 +141,14 @@ class Tokenizer:
         return _decode(self.model, self.params, z_q)
 
     def decode_indices(self, indices) -> jax.Array:
-        """Code indices [B, h, w] (ints in [0, num_codes)) -> images [B, H, W, C]."""
+        """Code indices [B, h, w, *index_tail] (ints in [0, num_codes)) -> images [B, H, W, C]."""
         indices = jnp.asarray(indices)
-        if indices.ndim != 3 or not jnp.issubdtype(indices.dtype, jnp.integer):
+        tail = self.index_tail
+        if (indices.ndim != 3 + len(tail) or tuple(indices.shape[3:]) != tail
+                or not jnp.issubdtype(indices.dtype, jnp.integer)):
+            expected = ", ".join(["batch", "h", "w", *map(str, tail)])
             raise ValueError(f"Indices have shape {indices.shape} and dtype {indices.dtype}; pass integer "
-                             "code maps of shape [batch, h, w].")
+                             f"code maps of shape [{expected}].")
         low, high = int(jnp.min(indices)), int(jnp.max(indices))
         if low < 0 or high >= self.num_codes:
             raise ValueError(f"Indices range over [{low}, {high}] but the codebook has {self.num_codes} "

@@ -53,8 +53,12 @@ def inpainting_rows(model, params, tokenizer, images: np.ndarray, labels: np.nda
     rows = [images]
     for keep_inside in (False, True):
         pixel_mask = centre_square(len(images), images.shape[1], keep_inside)
-        token_mask = decode.token_mask_from_pixels(pixel_mask, tokenizer.downsampling_factor,
-                                                     int(sampling_cfg.inpaint_dilation)).reshape(len(images), -1)
+        position_mask = decode.token_mask_from_pixels(pixel_mask, tokenizer.downsampling_factor,
+                                                      int(sampling_cfg.inpaint_dilation))
+        # Every code of a regenerated position (all the stages of a residual quantizer's code).
+        tail = code_shape[position_mask.ndim - 1:]
+        token_mask = np.broadcast_to(position_mask.reshape(position_mask.shape + (1,) * len(tail)),
+                                     (len(images), *code_shape)).reshape(len(images), -1)
         completed = sample_tokens(model, params, rng, labels, sampling_cfg, tokens=codes, token_mask=token_mask)
         decoded = np.asarray(tokenizer.decode_indices(completed.reshape(-1, *code_shape)))
         rows += [np.where(pixel_mask[..., None], 0.0, images), decoded]
