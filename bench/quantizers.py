@@ -45,7 +45,7 @@ try:
 except ImportError:
     torch = None
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -180,9 +180,8 @@ def torch_step_ms(module, z: np.ndarray) -> float:
     module.train()
 
     def step():
-        out = module(x)
-        quantized, loss = out[0], out[-1]
-        total = quantized.sum() + (loss.sum() if torch.is_tensor(loss) else 0.0)
+        out = module(x)  # (quantized, indices) for FSQ, (quantized, indices, loss) for the others
+        total = out[0].sum() + (out[2].sum() if len(out) > 2 else 0.0)
         total.backward()
         return None
 
@@ -211,6 +210,7 @@ def step_row(kind: str, num_codes: int) -> dict:
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # as experiments/launch.py: Orbax logs every save at INFO
     report = {}
     if _DATA.value:
         rows = []
