@@ -193,10 +193,9 @@ def stop_background_pod() -> None:
 @pytest.fixture(scope="module")
 def pod(request, tmp_path_factory):
     """The Pod's finished runs; the one started in the background, else one started now."""
-    started = _BACKGROUND.pop("pod", None)
-    if started is None:
-        started = Pod(tmp_path_factory.mktemp("pod"),
-                      {name: request.getfixturevalue(family.reference)[0] for name, family in FAMILIES.items()})
+    # The reference runs first: training the shared VQGAN starts the background pod if none is yet.
+    references = {name: request.getfixturevalue(family.reference)[0] for name, family in FAMILIES.items()}
+    started = _BACKGROUND.pop("pod", None) or Pod(tmp_path_factory.mktemp("pod"), references)
     try:
         return started.finish()
     finally:
