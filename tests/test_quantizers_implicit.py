@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from vqjax.quantizers import projection
 from vqjax import quantizers
 from vqjax.core import parallel
 from vqjax.quantizers import fsq as fsq_lib
@@ -371,7 +372,7 @@ def test_lfq_and_bsq_equal_vector_quantize_pytorch(kind, dim, inverse_temperatur
 
     grad, out = jax.jit(jax.grad(objective, has_aux=True))(z)
 
-    projected = np.asarray(fsq_lib.apply_linear(params.get("project_in"), z), np.float64)
+    projected = np.asarray(projection.apply_linear(params.get("project_in"), z), np.float64)
     if kind == "bsq":
         projected /= np.linalg.norm(projected, axis=-1, keepdims=True)
     scale = 1 / np.sqrt(num_bits) if kind == "bsq" else 1.0

@@ -117,6 +117,15 @@ def test_unknown_gradient_estimators_are_refused():
             _build(kind, gradient="rotate")
 
 
+def _assert_equals_reference(ours, grad, quantized, indices, loss, x):
+    """Our output and input gradient equal vector-quantize-pytorch's `VectorQuantize` call
+    (indices exactly; its loss is the commitment term alone, with its codebook frozen)."""
+    np.testing.assert_array_equal(np.asarray(ours.indices), indices.numpy())
+    np.testing.assert_allclose(np.asarray(ours.quantized), quantized.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(ours.losses["commitment"]), loss.item(), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(grad), x.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
 def test_rotation_trick_gradient_equals_vector_quantize_pytorch():
     torch = pytest.importorskip("torch")
     vqp = pytest.importorskip("vector_quantize_pytorch")
@@ -137,10 +146,7 @@ def test_rotation_trick_gradient_equals_vector_quantize_pytorch():
     quantized, indices, loss = reference(x, freeze_codebook=True)
     ((torch.from_numpy(weights) * quantized).sum() + loss).backward()
 
-    np.testing.assert_array_equal(np.asarray(ours.indices), indices.numpy())
-    np.testing.assert_allclose(np.asarray(ours.quantized), quantized.detach().numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(float(ours.losses["commitment"]), loss.item(), rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(grad), x.grad.numpy(), rtol=1e-4, atol=1e-5)
+    _assert_equals_reference(ours, grad, quantized, indices, loss, x)
 
 
 # --- cosine VQ -----------------------------------------------------------------------------
@@ -224,10 +230,7 @@ def test_cosine_quantizer_equals_vector_quantize_pytorch(gradient):
     quantized, indices, loss = reference(x, freeze_codebook=True)
     ((torch.from_numpy(weights) * quantized).sum() + loss).backward()
 
-    np.testing.assert_array_equal(np.asarray(ours.indices), indices.numpy())
-    np.testing.assert_allclose(np.asarray(ours.quantized), quantized.detach().numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(float(ours.losses["commitment"]), loss.item(), rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(grad), x.grad.numpy(), rtol=1e-4, atol=1e-5)
+    _assert_equals_reference(ours, grad, quantized, indices, loss, x)
 
 
 # --- SimVQ ---------------------------------------------------------------------------------

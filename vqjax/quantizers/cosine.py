@@ -25,23 +25,16 @@ from vqjax.quantizers import stats
 from vqjax.quantizers.base import Quantizer, QuantizerOutput
 from vqjax.quantizers.ema import CodebookSettings
 from vqjax.quantizers.init import initial_codebook, uniform_codebook
+from vqjax.quantizers import projection
+from vqjax.quantizers.projection import apply_linear
 from vqjax.quantizers.search import lookup, quantize
 
-_HIGHEST = jax.lax.Precision.HIGHEST
 # vector-quantize-pytorch's `l2norm` (F.normalize) clamps norms at the same value.
 _SMALLEST_NORM = 1e-6
 
 
 def l2_normalize(v: jax.Array) -> jax.Array:
-    """v / max(|v|, 1e-6) over the last axis, float32 (a finite gradient at v = 0)."""
-    v = v.astype(jnp.float32)
-    return v * jax.lax.rsqrt(jnp.maximum(jnp.sum(v * v, axis=-1, keepdims=True), _SMALLEST_NORM**2))
-
-
-def linear(x: jax.Array, layer: dict) -> jax.Array:
-    """x @ kernel + bias in float32 (`layer` = {'kernel': [in, out], 'bias': [out]})."""
-    return jnp.einsum("...i,io->...o", x.astype(jnp.float32), layer["kernel"].astype(jnp.float32),
-                      precision=_HIGHEST) + layer["bias"].astype(jnp.float32)
+    return projection.l2_normalize(v, _SMALLEST_NORM)
 
 
 def init_linear(rng: jax.Array, in_dim: int, out_dim: int) -> dict:
@@ -70,7 +63,7 @@ class CosineQuantizer(CodebookSettings, Quantizer):
         if self.initializer == "uniform":
             codebook = uniform_codebook(codebook_rng, self.num_codes, self.codebook_dim)
         else:  # fitted to the vectors it will search among
-            codebook = initial_codebook(codebook_rng, l2_normalize(linear(z, project_in)), self.num_codes,
+            codebook = initial_codebook(codebook_rng, l2_normalize(apply_linear(project_in, z)), self.num_codes,
                                         init=self.initializer, kmeans_iters=self.kmeans_iters)
         return {"params": {"project_in": project_in, "codebook": codebook, "project_out": project_out},
                 "state": stats.CodeUsage.fresh(self.num_codes)}
@@ -81,7 +74,7 @@ class CosineQuantizer(CodebookSettings, Quantizer):
         params = variables["params"]
         q = quantize(self.search_vectors(params, z), l2_normalize(params["codebook"]), gradient=self.gradient)
         losses = vq_loss_terms(q.codebook_loss, q.commitment_loss, beta=self.beta, legacy=self.legacy_beta)
-        quantized = linear(q.quantized, params["project_out"]).astype(z.dtype)
+        quantized = apply_linear(params["project_out"], q.quantized).astype(z.dtype)
         return QuantizerOutput(quantized, q.indices, losses,
                                {"perplexity": stats.perplexity(stats.code_counts(q.indices, self.num_codes))})
 
@@ -100,9 +93,9 @@ class CosineQuantizer(CodebookSettings, Quantizer):
 
     def lookup(self, variables: dict, indices: jax.Array) -> jax.Array:
         params = variables["params"]
-        return linear(lookup(l2_normalize(params["codebook"]), indices), params["project_out"])
+        return apply_linear(params["project_out"], lookup(l2_normalize(params["codebook"]), indices))
 
     @staticmethod
     def search_vectors(params: dict, z: jax.Array) -> jax.Array:
         """The unit vectors [..., d] that codes are compared with."""
-        return l2_normalize(linear(z, params["project_in"]))
+        return l2_normalize(apply_linear(params["project_in"], z))

@@ -24,9 +24,9 @@ import numpy as np
 
 from vqjax.quantizers import stats
 from vqjax.quantizers.base import Quantizer, QuantizerOutput
+from vqjax.quantizers.projection import apply_linear, check_dimension, linear_projections
 from vqjax.quantizers.search import straight_through
 
-_HIGHEST = jax.lax.Precision.HIGHEST
 
 # The paper's recommended levels for a target codebook size (its table in section 4.1),
 # keyed by their product: `num_codes=15360` with empty `levels` picks (8, 8, 8, 6, 5).
@@ -43,57 +43,6 @@ MAX_CODES = 2**31 - 1
 # a margin (the paper's code has 1 - eps with `tan` for the shift; vector-quantize-pytorch
 # has 1 + eps with `atanh`, the inverse that makes bound(0) = 0 exactly: we follow it).
 _BOUND_EPS = 1e-3
-
-
-# --- projections (shared with lfq.py) --------------------------------------------------------
-
-
-def linear_projections(rng: jax.Array, dim: int, code_dim: int) -> dict:
-    """Params of the learned maps encoder dim -> code dim -> encoder dim, `{}` when the two
-    dimensions agree (`{'project_in': {'kernel' [dim, code_dim], 'bias'}, 'project_out': ...}`,
-    LeCun-normal kernels and zero biases, as flax's Dense)."""
-    if dim == code_dim:
-        return {}
-    in_rng, out_rng = jax.random.split(rng)
-    lecun = jax.nn.initializers.lecun_normal()
-    return {
-        "project_in": {"kernel": lecun(in_rng, (dim, code_dim), jnp.float32),
-                       "bias": jnp.zeros((code_dim,), jnp.float32)},
-        "project_out": {"kernel": lecun(out_rng, (code_dim, dim), jnp.float32),
-                        "bias": jnp.zeros((dim,), jnp.float32)},
-    }
-
-
-def apply_linear(params: Optional[dict], x: jax.Array) -> jax.Array:
-    """`x @ kernel + bias` in float32 at full precision; the identity when `params` is None
-    (a TPU's default matmul precision would round the codes' inputs to bfloat16)."""
-    x = x.astype(jnp.float32)
-    if params is None:
-        return x
-    return jnp.einsum("...i,io->...o", x, params["kernel"].astype(jnp.float32),
-                      precision=_HIGHEST) + params["bias"].astype(jnp.float32)
-
-
-def check_dimension(z: jax.Array, dim: int, kind: str) -> None:
-    """A sentence instead of a shape error deep inside the projection or the radix sum."""
-    if z.shape[-1] != dim:
-        raise ValueError(
-            f"Encoder outputs have dimension {z.shape[-1]} but the {kind} quantizer was built for "
-            f"dim={dim}; build it with the encoder's embed_dim (config.model.embed_dim).")
-
-
-# --- statistics -----------------------------------------------------------------------------
-
-
-def batch_perplexity(indices: jax.Array) -> jax.Array:
-    """exp(entropy) of the batch's empirical code distribution, without a [K] count vector:
-    the indices are sorted and counted by runs, so memory grows with the number of vectors,
-    not with K (2^30 LFQ codes). Equals `stats.perplexity(stats.code_counts(indices, K))`."""
-    flat = jnp.sort(jnp.reshape(indices, (-1,)))
-    starts_run = jnp.concatenate([jnp.ones((1,), bool), flat[1:] != flat[:-1]])
-    run = jnp.cumsum(starts_run.astype(jnp.int32)) - 1
-    counts = jax.ops.segment_sum(jnp.ones(flat.shape, jnp.float32), run, num_segments=flat.shape[0])
-    return stats.perplexity(counts)
 
 
 # --- the quantization -------------------------------------------------------------------------
@@ -212,7 +161,7 @@ class FiniteScalarQuantizer(Quantizer):
         values, digits = quantize_levels(apply_linear(params.get("project_in"), z), self.levels)
         indices = digits_to_indices(digits, self.levels)
         quantized = apply_linear(params.get("project_out"), values).astype(z.dtype)
-        return QuantizerOutput(quantized, indices, {}, {"perplexity": batch_perplexity(indices)})
+        return QuantizerOutput(quantized, indices, {}, {"perplexity": stats.batch_perplexity(indices)})
 
     def lookup(self, variables: dict, indices: jax.Array) -> jax.Array:
         values = digits_to_values(indices_to_digits(indices, self.levels), self.levels)

@@ -36,7 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vqjax.quantizers.base import Quantizer, QuantizerOutput
-from vqjax.quantizers.fsq import apply_linear, batch_perplexity, check_dimension, linear_projections
+from vqjax.quantizers import stats
+from vqjax.quantizers.projection import apply_linear, check_dimension, l2_normalize, linear_projections
 from vqjax.quantizers.search import flatten_vectors, straight_through
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -66,12 +67,6 @@ def bits_to_indices(bits: jax.Array) -> jax.Array:
 def indices_to_bits(indices: jax.Array, num_bits: int) -> jax.Array:
     """The inverse of `bits_to_indices`: int32 [...] -> bool [..., d]."""
     return (jnp.asarray(indices, jnp.int32)[..., None] & _bit_weights(num_bits)) != 0
-
-
-def l2_normalize(x: jax.Array) -> jax.Array:
-    """x / max(|x|, 1e-12) along the last axis (torch's F.normalize)."""
-    norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
-    return x / jnp.maximum(norm, 1e-12)
 
 
 def bit_logits(x: jax.Array, scale: float, inverse_temperature: float) -> jax.Array:
@@ -129,7 +124,7 @@ def per_sample_entropy(logits: jax.Array) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class LookupFreeQuantizer(Quantizer):
-    """`config.quantizer.kind='lfq'`: params are the projections (`fsq.linear_projections`,
+    """`config.quantizer.kind='lfq'`: params are the projections (`projection.linear_projections`,
     empty when `dim == log2(num_codes)`), state is empty, the update is the identity.
 
     Losses: `commitment` = beta mean (x - sg[q])^2 and `entropy` = entropy_weight x
@@ -184,7 +179,7 @@ class LookupFreeQuantizer(Quantizer):
         params = variables["params"]
         x = apply_linear(params.get("project_in"), z)
         if self.spherical:
-            x = l2_normalize(x)
+            x = l2_normalize(x, 1e-12)  # torch's F.normalize, as vector-quantize-pytorch
         codes, bits = sign_codes(x, self.code_scale)
         indices = bits_to_indices(bits)
         quantized = apply_linear(params.get("project_out"), straight_through(x, codes)).astype(z.dtype)
@@ -195,7 +190,7 @@ class LookupFreeQuantizer(Quantizer):
         commitment = jnp.mean(jnp.square(x - jax.lax.stop_gradient(codes)))
         losses = {"commitment": self.beta * commitment,
                   "entropy": self.entropy_weight * (sample_entropy - self.diversity_gamma * mean_entropy)}
-        metrics = {"perplexity": batch_perplexity(indices), "per_sample_entropy": sample_entropy,
+        metrics = {"perplexity": stats.batch_perplexity(indices), "per_sample_entropy": sample_entropy,
                    "codebook_entropy": mean_entropy}
         return QuantizerOutput(quantized, indices, losses, metrics)
 

@@ -90,3 +90,12 @@ def recent_usage(state, step: jax.Array, window: int) -> jax.Array:
     return jnp.mean(used.astype(jnp.float32))
 
 
+def batch_perplexity(indices: jax.Array) -> jax.Array:
+    """exp(entropy) of the batch's empirical code distribution, without a [K] count vector:
+    the indices are sorted and counted by runs, so memory grows with the number of vectors,
+    not with K (2^30 LFQ codes). Equals `stats.perplexity(stats.code_counts(indices, K))`."""
+    flat = jnp.sort(jnp.reshape(indices, (-1,)))
+    starts_run = jnp.concatenate([jnp.ones((1,), bool), flat[1:] != flat[:-1]])
+    run = jnp.cumsum(starts_run.astype(jnp.int32)) - 1
+    counts = jax.ops.segment_sum(jnp.ones(flat.shape, jnp.float32), run, num_segments=flat.shape[0])
+    return perplexity(counts)
