@@ -92,7 +92,8 @@ def vqjax_figures(config, batch: int, report: dict):
     for sampler, steps, spacing in SAMPLERS:
         run = lambda: diffusion_lib.generate_jit(family.model, params, family.spec, jax.random.key(2), x_T, None,
                                                  None, None, None, None, sampler=sampler, steps=steps,
-                                                 spacing=spacing, eta=0.0, guidance_scale=1.0, strength=1.0)
+                                                 spacing=spacing, eta=0.0, guidance_scale=1.0, strength=1.0,
+                                                 compiler_options=family.compiler_options)
         report[f"vqjax_{sampler}{steps}_images_per_sec"] = count / median_seconds(run, _REPEATS.value)
     return shape
 

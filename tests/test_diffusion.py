@@ -168,6 +168,26 @@ def test_class_conditional_model_with_guidance():
         model.sample(jax.random.key(0), 2, labels=[1, 9])
 
 
+def test_residual_super_resolution_adds_the_residual_to_bicubic():
+    """A residual model whose U-Net predicts x_0 = 0 (zero weights) upsamples to exactly the
+    bicubic upsampling, through each sampler."""
+    config = load_config("sr_quickstart", "smoke")
+    config.diffusion.update(prediction="x0", residual_scale=10.0)
+    spec = diffusion_lib.DiffusionSpec.from_config(config.diffusion)
+    model = diffusion_lib.build_unet(config.model, 3, spec)
+    params = jax.tree.map(jnp.zeros_like, diffusion_lib.init_params(model, jax.random.key(0), (32, 32, 3), spec))
+    diffusion = diffusion_lib.Diffusion(config, spec, model, params, (32, 32, 3))
+    low = jax.random.uniform(jax.random.key(1), (2, 8, 8, 3), minval=-1.0, maxval=1.0)
+    bicubic = jnp.clip(jax.image.resize(low, (2, 32, 32, 3), "bicubic"), -1.0, 1.0)
+    for sampler in ("ddim", "ddpm", "dpm_solver"):
+        out = diffusion.upsample(low, jax.random.key(2), sampler=sampler, steps=4)
+        np.testing.assert_allclose(out, bicubic, atol=1e-5, err_msg=sampler)
+    with pytest.raises(ValueError, match="residual_scale is -1.0"):
+        diffusion_lib.DiffusionSpec.from_config({**config.diffusion.to_dict(), "residual_scale": -1.0})
+    with pytest.raises(ValueError, match="with low_res_size > 0"):
+        diffusion_lib.DiffusionSpec.from_config({**config.diffusion.to_dict(), "low_res_size": 0})
+
+
 @pytest.mark.extended
 def test_super_resolution_smoke_run(tmp_path):
     config = load_config("sr_quickstart", "smoke")
@@ -230,6 +250,7 @@ def test_converter_refuses_what_it_cannot_convert(tmp_path):
         convert_cli.main(["diffusers", "--pipeline", str(tmp_path), "--out", str(tmp_path / "out")])
 
 
+@pytest.mark.extended
 def test_latent_diffusion_on_a_tokenizer(trained_vqgan, tmp_path):
     """ldm_vq_cifar10's smoke config on the shared VQGAN workdir: latents cached, scaled to unit
     variance over the first global batch, samples decoded through the tokenizer."""

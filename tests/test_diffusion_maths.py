@@ -165,6 +165,33 @@ def test_discretised_gaussian_likelihood_is_the_bins_probability():
     assert abs(total - 1) < 1e-4
 
 
+def test_likelihood_of_scaled_residuals_is_the_pixels_bins_probability():
+    """x = s (pixels - offset), a super-resolution residual: the bins are s x 2/255 wide and outer
+    where the pixels are, so the probability is that of each pixel's bin under the Gaussian
+    mapped back to pixel space (scipy, in pixel units)."""
+    levels = np.linspace(-1, 1, 256)
+    pixels = levels[[0, 3, 128, 250, 255]]
+    offset = np.array([-0.97, 0.1, 0.02, 0.9, 0.8])  # an upsampled low-resolution image
+    mean_pixels, scale_pixels = np.array([-0.95, -0.95, 0.0, 0.99, 0.9]), np.array([0.05, 0.1, 0.02, 0.04, 0.3])
+    s = 7.5
+    upper = np.where(pixels > 0.999, np.inf, pixels + 1 / 255)
+    lower = np.where(pixels < -0.999, -np.inf, pixels - 1 / 255)
+    expected = np.log(stats.norm.cdf(upper, mean_pixels, scale_pixels) - stats.norm.cdf(lower, mean_pixels, scale_pixels))
+    f32 = lambda a: jnp.asarray(a, jnp.float32)
+    got = process.discretized_gaussian_log_likelihood(f32(s * (pixels - offset)), f32(s * (mean_pixels - offset)),
+                                                      f32(np.log(s * scale_pixels)), pixels=f32(pixels), pixel_scale=s)
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+
+
+def test_residual_clipping_keeps_images_in_range():
+    """A pair of bounds clips elementwise, True clips to [-1, 1], False leaves x_0 alone."""
+    x0 = jnp.asarray([[-3.0, 0.5, 2.0]])
+    lower, upper = jnp.asarray([[-1.0, 0.75, -2.0]]), jnp.asarray([[1.0, 0.9, 1.5]])
+    np.testing.assert_array_equal(samplers.clip_prediction(x0, (lower, upper)), [[-1.0, 0.75, 1.5]])
+    np.testing.assert_array_equal(samplers.clip_prediction(x0, True), [[-1.0, 0.5, 1.0]])
+    np.testing.assert_array_equal(samplers.clip_prediction(x0, False), x0)
+
+
 def test_normal_kl_matches_scipy_monte_carlo():
     samples = stats.norm(0.3, 0.8).rvs(400_000, random_state=0)
     mc = np.mean(stats.norm(0.3, 0.8).logpdf(samples) - stats.norm(-0.1, 1.3).logpdf(samples))

@@ -1,5 +1,5 @@
 r"""DDPM on CIFAR-10 at a CPU budget: the paper's objective, schedule and optimizer with a U-Net of
-ch 64, ch_mult (1, 2, 2), one res block per level, attention at 8x8 (about 2.7 M parameters),
+ch 64, ch_mult (1, 2, 2), one res block per level, attention at 8x8 (4.4 M parameters),
 batch 64.
 
   python -m experiments.diffusion --config=experiments/configs/ddpm_cifar10_small.py \

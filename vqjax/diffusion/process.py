@@ -125,18 +125,25 @@ def _standard_normal_cdf(x):
     return 0.5 * (1.0 + jax.lax.erf(x / math.sqrt(2.0)))
 
 
-def discretized_gaussian_log_likelihood(x: jax.Array, mean: jax.Array, log_scale: jax.Array) -> jax.Array:
+def discretized_gaussian_log_likelihood(x: jax.Array, mean: jax.Array, log_scale: jax.Array, *,
+                                        pixels: Optional[jax.Array] = None, pixel_scale=1.0) -> jax.Array:
     """log P(x) per element, for x on the 256 levels of [-1, 1] (bins of width 2/255), under
     N(mean, exp(log_scale)^2) integrated over each bin; the outer bins extend to +-infinity
-    (Ho et al. 2020, eq. 13)."""
+    (Ho et al. 2020, eq. 13).
+
+    Data that are an affine map of 8-bit pixels, x = pixel_scale x (pixels - offset) (a
+    super-resolution residual), have bins pixel_scale x 2/255 wide, outer where `pixels` are:
+    the same probabilities of the same pixels."""
+    pixels = x if pixels is None else pixels
+    half_bin = pixel_scale / 255
     centered = x - mean
     inv_scale = jnp.exp(-log_scale)
-    cdf_plus = _standard_normal_cdf(inv_scale * (centered + 1.0 / 255))
-    cdf_minus = _standard_normal_cdf(inv_scale * (centered - 1.0 / 255))
+    cdf_plus = _standard_normal_cdf(inv_scale * (centered + half_bin))
+    cdf_minus = _standard_normal_cdf(inv_scale * (centered - half_bin))
     log_cdf_plus = jnp.log(jnp.maximum(cdf_plus, 1e-12))
     log_one_minus_cdf_minus = jnp.log(jnp.maximum(1.0 - cdf_minus, 1e-12))
     log_bin = jnp.log(jnp.maximum(cdf_plus - cdf_minus, 1e-12))
-    return jnp.where(x < -0.999, log_cdf_plus, jnp.where(x > 0.999, log_one_minus_cdf_minus, log_bin))
+    return jnp.where(pixels < -0.999, log_cdf_plus, jnp.where(pixels > 0.999, log_one_minus_cdf_minus, log_bin))
 
 
 def prior_bits_per_dim(schedule: Schedule, x0: jax.Array) -> jax.Array:
@@ -148,21 +155,25 @@ def prior_bits_per_dim(schedule: Schedule, x0: jax.Array) -> jax.Array:
 
 
 def vlb_term_bits_per_dim(schedule: Schedule, x0: jax.Array, x_t: jax.Array, t: jax.Array,
-                          model_x0: jax.Array, model_log_var: jax.Array) -> jax.Array:
+                          model_x0: jax.Array, model_log_var: jax.Array, *, pixels: Optional[jax.Array] = None,
+                          pixel_scale=1.0) -> jax.Array:
     """One term of the bound per example, in bits per dimension: L_{t} = KL(q(x_{t-1} | x_t, x_0) ||
     p(x_{t-1} | x_t)) for t > 0 and the decoder's -log p(x_0 | x_1) (discretised) at t = 0. The
-    model's mean is the posterior mean with its x_0 prediction in place of x_0."""
+    model's mean is the posterior mean with its x_0 prediction in place of x_0. `pixels` and
+    `pixel_scale`: x_0 = pixel_scale x (pixels - offset), as `discretized_gaussian_log_likelihood`."""
     true_mean, true_var = posterior(schedule, x0, x_t, t)
     model_mean, _ = posterior(schedule, model_x0, x_t, t)
     axes = tuple(range(1, x0.ndim))
     true_log_var = jnp.log(jnp.maximum(true_var, 1e-20))
     kl = jnp.mean(normal_kl(true_mean, true_log_var, model_mean, model_log_var), axis=axes)
-    nll = -jnp.mean(discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_var), axis=axes)
+    nll = -jnp.mean(discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_var, pixels=pixels,
+                                                        pixel_scale=pixel_scale), axis=axes)
     return jnp.where(jnp.asarray(t) == 0, nll, kl) / math.log(2.0)
 
 
 def bound_term_bits_per_dim(denoise, schedule: Schedule, x0: jax.Array, t: jax.Array, noise: jax.Array, *,
-                            prediction: str = "eps", variance: str = "fixed_small") -> jax.Array:
+                            prediction: str = "eps", variance: str = "fixed_small",
+                            pixels: Optional[jax.Array] = None, pixel_scale=1.0) -> jax.Array:
     """L_t per example (bits/dim) for timesteps t [B]: x_t drawn with `noise`, the model's x_0
     and variance from `denoise(x_t, t)`."""
     x_t = q_sample(schedule, x0, t, noise)
@@ -172,22 +183,24 @@ def bound_term_bits_per_dim(denoise, schedule: Schedule, x0: jax.Array, t: jax.A
         output, variance_output = output[..., :x0.shape[-1]], output[..., x0.shape[-1]:]
     model_x0, _ = x0_and_eps(schedule, x_t, t, output, prediction)
     log_var = model_log_variance(schedule, t, x0, variance, variance_output)
-    return vlb_term_bits_per_dim(schedule, x0, x_t, t, model_x0, log_var)
+    return vlb_term_bits_per_dim(schedule, x0, x_t, t, model_x0, log_var, pixels=pixels, pixel_scale=pixel_scale)
 
 
 def bits_per_dim_estimate(denoise, schedule: Schedule, x0: jax.Array, rng: jax.Array, *, num_timesteps: int = 1,
-                          prediction: str = "eps", variance: str = "fixed_small") -> jax.Array:
+                          prediction: str = "eps", variance: str = "fixed_small",
+                          pixels: Optional[jax.Array] = None, pixel_scale=1.0) -> jax.Array:
     """An unbiased estimate of the negative VLB in bits/dim per example: L_T and the decoder term
     L_0 exactly, plus (T - 1) x the mean of L_t over `num_timesteps` timesteps of [1, T), one
     drawn uniformly in each of as many equal strata (so `num_timesteps = T - 1` is the whole
     bound). Drawing t = 0 uniformly instead would weigh the decoder term by T once in T draws,
-    an estimate whose spread is bits per dimension over a test set."""
+    an estimate whose spread is bits per dimension over a test set. `pixels`, `pixel_scale`: for
+    x_0 an affine map of 8-bit pixels (`discretized_gaussian_log_likelihood`)."""
     num_t = schedule.num_timesteps
     k = min(int(num_timesteps), num_t - 1)
     batch = x0.shape[:1]
     decoder_key, strata_key, noise_key = jax.random.split(rng, 3)
     term = functools.partial(bound_term_bits_per_dim, denoise, schedule, x0, prediction=prediction,
-                             variance=variance)
+                             variance=variance, pixels=pixels, pixel_scale=pixel_scale)
     exact = prior_bits_per_dim(schedule, x0) + term(jnp.zeros(batch, jnp.int32),
                                                     jax.random.normal(decoder_key, x0.shape))
     offsets = jax.random.uniform(strata_key, (k,) + batch)

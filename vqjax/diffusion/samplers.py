@@ -17,7 +17,7 @@ below a strength).
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -38,23 +38,36 @@ def _split_variance(output: jax.Array, channels: int) -> tuple[jax.Array, Option
     return output, None
 
 
-def predicted_x0_eps(schedule: Schedule, x_t, output, t, prediction: str, clip_x0: bool):
-    """(x_0, eps) of a model output; with `clip_x0` x_0 is clipped to [-1, 1] and eps re-derived
-    from it, so that the step is consistent with the clipped prediction."""
+ClipX0 = Union[bool, tuple[jax.Array, jax.Array]]
+
+
+def clip_prediction(x0: jax.Array, clip_x0: ClipX0) -> jax.Array:
+    """x_0 within the data's range: [-1, 1] when `clip_x0` is True, elementwise (lower, upper)
+    bounds when it is a pair (a residual's range is the pixels' range shifted by what it is
+    added to), unchanged when False."""
+    if isinstance(clip_x0, tuple):
+        lower, upper = clip_x0
+        return jnp.clip(x0, lower, upper)
+    return jnp.clip(x0, -1.0, 1.0) if clip_x0 else x0
+
+
+def predicted_x0_eps(schedule: Schedule, x_t, output, t, prediction: str, clip_x0: ClipX0):
+    """(x_0, eps) of a model output; with `clip_x0` x_0 is clipped to the data's range
+    (`clip_prediction`) and eps re-derived from it, so that the step is consistent with the
+    clipped prediction."""
     x0, eps = process.x0_and_eps(schedule, x_t, t, output, prediction)
-    if clip_x0:
-        x0 = jnp.clip(x0, -1.0, 1.0)
+    if isinstance(clip_x0, tuple) or clip_x0:
+        x0 = clip_prediction(x0, clip_x0)
         eps = process.eps_from_x0(schedule, x_t, t, x0)
     return x0, eps
 
 
 def ddpm_step(schedule: Schedule, x_t, output, t, t_prev, noise, *, prediction: str = "eps",
-              variance: str = "fixed_small", clip_x0: bool = True):
+              variance: str = "fixed_small", clip_x0: ClipX0 = True):
     """(x_prev, x_0): one ancestral step from t to t_prev (no noise is added into t_prev = -1)."""
     output, variance_output = _split_variance(output, x_t.shape[-1])
     x0, _ = predicted_x0_eps(schedule, x_t, output, t, prediction, clip_x0=False)
-    if clip_x0:
-        x0 = jnp.clip(x0, -1.0, 1.0)
+    x0 = clip_prediction(x0, clip_x0)
     mean, posterior_variance = process.posterior(schedule, x0, x_t, t, t_prev)
     ab, ab_prev = (process.per_example(schedule.alpha_bar(s), x_t) for s in (t, t_prev))
     beta = 1 - ab / ab_prev
@@ -73,7 +86,7 @@ def ddpm_step(schedule: Schedule, x_t, output, t, t_prev, noise, *, prediction: 
 
 
 def ddim_step(schedule: Schedule, x_t, output, t, t_prev, noise, *, prediction: str = "eps",
-              eta: float = 0.0, clip_x0: bool = True):
+              eta: float = 0.0, clip_x0: ClipX0 = True):
     """(x_prev, x_0): one DDIM step from t to t_prev."""
     output, _ = _split_variance(output, x_t.shape[-1])
     x0, eps = predicted_x0_eps(schedule, x_t, output, t, prediction, clip_x0)
@@ -162,7 +175,7 @@ def sdedit_timesteps(timesteps: np.ndarray, strength: float, num_timesteps: int)
 
 def sample(denoise: Denoiser, schedule: Schedule, x_T: jax.Array, timesteps: np.ndarray, rng: jax.Array, *,
            sampler: str = "ddim", prediction: str = "eps", eta: float = 0.0, variance: str = "fixed_small",
-           clip_x0: bool = True, known: Optional[jax.Array] = None, mask: Optional[jax.Array] = None,
+           clip_x0: ClipX0 = True, known: Optional[jax.Array] = None, mask: Optional[jax.Array] = None,
            start_image: Optional[jax.Array] = None) -> jax.Array:
     """x_0 from x_T (or from `start_image` noised to timesteps[0]) through the descending
     `timesteps` (numpy, static), as one `lax.scan`.

@@ -1,6 +1,8 @@
 """The diffusion family (`config.family='diffusion'`): a U-Net trained to denoise images (Ho et
 al. 2020), optionally class-conditional with condition dropout for classifier-free guidance, or
-conditioned on a low-resolution image for super-resolution (SR3, `diffusion.low_res_size`).
+conditioned on a low-resolution image for super-resolution (SR3, `diffusion.low_res_size`;
+with `diffusion.residual_scale` the U-Net denoises the scaled residual image - bicubic
+upsampling instead of the image, as SRDiff does).
 
 Train step: t ~ U{0..T-1}, x_t = sqrt(ab) x_0 + sqrt(1 - ab) eps, L_simple on the network's
 eps / x_0 / v prediction; with a learned variance (`diffusion.variance='learned_range'`) plus
@@ -164,17 +166,20 @@ class DiffusionFamily(Family):
 
     def per_example_loss(self, params, images, labels, rng, *, train: bool):
         """The objective of each example at a random timestep (condition dropout and network
-        dropout in training only)."""
+        dropout in training only); `images` are pixels or scaled latents, x_0 is what the U-Net
+        denoises (`diffusion_lib.to_x0`)."""
         spec = self.spec
         t_rng, noise_rng, drop_rng, dropout_rng = jax.random.split(rng, 4)
-        t = jax.random.randint(t_rng, images.shape[:1], 0, spec.num_timesteps)
-        noise = jax.random.normal(noise_rng, images.shape)
-        x_t = process.q_sample(self.schedule, images, t, noise)
+        cond = self.condition(images)
+        x0 = diffusion_lib.to_x0(spec, images, cond)
+        t = jax.random.randint(t_rng, x0.shape[:1], 0, spec.num_timesteps)
+        noise = jax.random.normal(noise_rng, x0.shape)
+        x_t = process.q_sample(self.schedule, x0, t, noise)
         if labels is not None and train:
             labels = drop_labels(drop_rng, labels, spec.cond_drop, self.model.num_classes)
-        output = self.model.apply({"params": params}, x_t, t, labels, self.condition(images), train=train,
+        output = self.model.apply({"params": params}, x_t, t, labels, cond, train=train,
                                   rngs={"dropout": dropout_rng})
-        return objective(spec, self.schedule, output, images, x_t, t, noise)
+        return objective(spec, self.schedule, output, x0, x_t, t, noise)
 
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         """batch {'image' [B, H, W, C] in [-1, 1], 'label' [B]}."""
@@ -219,17 +224,17 @@ class DiffusionFamily(Family):
 
         def eval_step(params, scale, batch, rng):
             images, mask = batch["image"] * scale, batch["mask"]
-            denoise = lambda x, t: self.model.apply({"params": params}, x, t, self.labels(batch),
-                                                    self.condition(images))
+            cond = self.condition(images)
+            denoise = lambda x, t: self.model.apply({"params": params}, x, t, self.labels(batch), cond)
             loss, _ = self.per_example_loss(params, images, self.labels(batch), jax.random.fold_in(rng, 1),
                                             train=False)
             sums = {"count": jnp.sum(mask), "loss_sum": jnp.sum(loss * mask), "bpd_sum": jnp.zeros(())}
             if pixels:
-                bpd = diffusion_lib.bits_per_dim_estimate(denoise, self.spec, images, rng, timesteps)
+                bpd = diffusion_lib.bits_per_dim_estimate(denoise, self.spec, images, rng, timesteps, cond)
                 sums["bpd_sum"] = jnp.sum(bpd * mask)
             return sums
 
-        step = self._jit("eval", eval_step)
+        step = self._jit("eval", eval_step, compiler_options=self.compiler_options or None)
         params, scale = state.eval_params, state.extra.get("latent_scale", jnp.float32(1.0))
         sums = {"bpd_sum": 0.0, "count": 0.0, "loss_sum": 0.0}
         limit = int(self.evals_cfg.num_eval_batches)
@@ -253,7 +258,7 @@ class DiffusionFamily(Family):
         settings = {k: self.sampling_cfg[k] for k in ("sampler", "steps", "spacing", "eta", "guidance_scale")}
         x_T = jax.random.normal(jax.random.fold_in(rng, 7), (count,) + self.image_shape)
         images = diffusion_lib.generate_jit(self.model, params, self.spec, rng, x_T, labels, cond, None, None,
-                                             None, strength=1.0, **settings)
+                                            None, compiler_options=self.compiler_options, strength=1.0, **settings)
         if self.tokenizer:
             images = diffusion_lib.decode_latents(self.tokenizer, images, latent_scale)
         return np.clip(np.asarray(jax.device_get(images)), -1.0, 1.0)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vqjax.core import checkpoints
+from vqjax.core import checkpoints, parallel
 from vqjax.diffusion import process, samplers
 from vqjax.diffusion.schedules import SCHEDULES, Schedule, make_schedule, sampling_timesteps
 from vqjax.inference import prior as prior_inference, tokenizer as tokenizer_lib
@@ -40,6 +40,8 @@ class DiffusionSpec:
     vlb_weight: float = 0.001  # improved DDPM's lambda on T x L_t (learned variance only)
     cond_drop: float = 0.0  # classifier-free guidance: labels dropped at this rate in training
     low_res_size: int = 0  # > 0: super-resolution from images of this size (SR3)
+    # > 0 (super-resolution): x_0 is (image - bicubic upsampling) x residual_scale, not the image
+    residual_scale: float = 0.0
     clip_x0: bool = True  # pixels: predictions of x_0 are clipped to [-1, 1] while sampling
 
     @classmethod
@@ -55,6 +57,9 @@ class DiffusionSpec:
                              f"{', '.join(process.VARIANCES)}.")
         if not 0.0 <= spec.cond_drop < 1.0:
             raise ValueError(f"config.diffusion.cond_drop is {spec.cond_drop}; it is a probability in [0, 1).")
+        if spec.residual_scale < 0 or (spec.residual_scale and not spec.low_res_size):
+            raise ValueError(f"config.diffusion.residual_scale is {spec.residual_scale}; it is 0 (denoise images) "
+                             "or a positive scale of super-resolution residuals (with low_res_size > 0).")
         return spec
 
     @property
@@ -94,13 +99,33 @@ def upsample_condition(low_res: jax.Array, size: int) -> jax.Array:
     return jnp.clip(jax.image.resize(low_res, (batch, size, size, channels), "bicubic"), -1.0, 1.0)
 
 
+def to_x0(spec: DiffusionSpec, images: jax.Array, cond: Optional[jax.Array]) -> jax.Array:
+    """What the U-Net denoises: the images, or for residual super-resolution their difference
+    from the upsampled low-resolution image, scaled (SRDiff, Li et al. 2022: an untrained model
+    already gives the bicubic upsampling, and the model spends itself on the detail)."""
+    return (images - cond) * spec.residual_scale if spec.residual_scale else images
+
+
+def from_x0(spec: DiffusionSpec, x0: jax.Array, cond: Optional[jax.Array]) -> jax.Array:
+    """`to_x0`'s inverse: images in [-1, 1] from what the U-Net denoises."""
+    return jnp.clip(cond + x0 / spec.residual_scale, -1.0, 1.0) if spec.residual_scale else x0
+
+
+def x0_range(spec: DiffusionSpec, cond: Optional[jax.Array]):
+    """The samplers' clipping of x_0 predictions: [-1, 1] for images, and for residuals the
+    range that keeps cond + residual in [-1, 1]."""
+    if not (spec.residual_scale and spec.clip_x0):
+        return bool(spec.clip_x0)
+    return (-1.0 - cond) * spec.residual_scale, (1.0 - cond) * spec.residual_scale
+
+
 def generate(model: UNet, params, spec: DiffusionSpec, rng: jax.Array, x_T: jax.Array, *,
              labels: Optional[jax.Array] = None, cond: Optional[jax.Array] = None, sampler: str = "ddim",
              steps: int = 50, spacing: str = "uniform", eta: float = 0.0, guidance_scale: float = 1.0,
              known: Optional[jax.Array] = None, mask: Optional[jax.Array] = None,
              start_image: Optional[jax.Array] = None, strength: float = 1.0) -> jax.Array:
     """Samples x_0 [B, H, W, C] from x_T with the U-Net (a pure function: jit it with the
-    settings static)."""
+    settings static); images for residual super-resolution models (`from_x0`)."""
     schedule = spec.make_schedule()
     timesteps = sampling_timesteps(spec.num_timesteps, steps, spacing)
     if start_image is not None:
@@ -111,18 +136,37 @@ def generate(model: UNet, params, spec: DiffusionSpec, rng: jax.Array, x_T: jax.
         denoise = samplers.classifier_free_guidance(apply, labels, model.num_classes, guidance_scale)
     else:
         denoise = lambda x, t: apply(x, t, labels)
-    return samplers.sample(denoise, schedule, x_T, timesteps, rng, sampler=sampler, prediction=spec.prediction,
-                           eta=eta, variance=spec.variance,
-                           clip_x0=spec.clip_x0, known=known, mask=mask, start_image=start_image)
+    x0 = samplers.sample(denoise, schedule, x_T, timesteps, rng, sampler=sampler, prediction=spec.prediction,
+                         eta=eta, variance=spec.variance, clip_x0=x0_range(spec, cond), known=known, mask=mask,
+                         start_image=start_image)
+    return from_x0(spec, x0, cond)
 
 
 _SAMPLER_ARGS = ("sampler", "steps", "spacing", "eta", "guidance_scale", "strength")
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2), static_argnames=_SAMPLER_ARGS)
-def generate_jit(model, params, spec, rng, x_T, labels, cond, known, mask, start_image, **settings):
+def compiler_options_of(config) -> dict[str, str]:
+    """The XLA options of a run's config (`train.cpu_convolutions`), for its sampling jits too."""
+    train = config.get("train") or {}
+    return parallel.step_compiler_options(train.get("cpu_convolutions", "ynnpack"))
+
+
+def _generate_positional(model, params, spec, rng, x_T, labels, cond, known, mask, start_image, **settings):
     return generate(model, params, spec, rng, x_T, labels=labels, cond=cond, known=known, mask=mask,
                     start_image=start_image, **settings)
+
+
+@functools.cache
+def _jitted(fn, options: tuple, **jit_kwargs):
+    return jax.jit(fn, compiler_options=dict(options) or None, **jit_kwargs)
+
+
+def generate_jit(model, params, spec, rng, x_T, labels, cond, known, mask, start_image, *,
+                 compiler_options: Optional[dict] = None, **settings):
+    """`generate` compiled once per model, settings and XLA options (`compiler_options_of`)."""
+    jitted = _jitted(_generate_positional, tuple(sorted((compiler_options or {}).items())),
+                     static_argnums=(0, 2), static_argnames=_SAMPLER_ARGS)
+    return jitted(model, params, spec, rng, x_T, labels, cond, known, mask, start_image, **settings)
 
 
 class Diffusion:
@@ -185,7 +229,7 @@ class Diffusion:
             raise ValueError(f"Unknown sampler {settings['sampler']!r}; choose one of {', '.join(samplers.SAMPLERS)}.")
         sampling_timesteps(self.spec.num_timesteps, int(settings["steps"]), settings["spacing"])  # checks
         return generate_jit(self.model, self.params, self.spec, rng, x_T, labels, cond, known, mask, start_image,
-                             **settings)
+                            compiler_options=compiler_options_of(self.config), **settings)
 
     def sample(self, rng: jax.Array, num: int, *, labels=None, sampler: str = "ddim", steps: int = 50,
                eta: float = 0.0, guidance_scale: float = 1.0, noise=None, spacing: str = "uniform") -> jax.Array:
@@ -243,21 +287,26 @@ class Diffusion:
         if self.spec.low_res_size:
             cond = low_res_condition(images, self.spec.low_res_size)[1] if low_res is None else \
                 upsample_condition(jnp.asarray(low_res, jnp.float32), self.image_shape[0])
-        return _bits_per_dim_jit(self.model, self.params, self.spec, rng, images, self._labels(labels, len(images)),
-                                 cond, num_timesteps or self.spec.num_timesteps - 1)
+        bits_per_dim = _jitted(_bits_per_dim, tuple(sorted(compiler_options_of(self.config).items())),
+                               static_argnums=(0, 2, 7))
+        return bits_per_dim(self.model, self.params, self.spec, rng, images, self._labels(labels, len(images)),
+                            cond, num_timesteps or self.spec.num_timesteps - 1)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2, 7))
-def _bits_per_dim_jit(model, params, spec, rng, images, labels, cond, num_timesteps):
+def _bits_per_dim(model, params, spec, rng, images, labels, cond, num_timesteps):
     denoise = lambda x, t: model.apply({"params": params}, x, t, labels, cond)
-    return bits_per_dim_estimate(denoise, spec, images, rng, num_timesteps)
+    return bits_per_dim_estimate(denoise, spec, images, rng, num_timesteps, cond)
 
 
 def bits_per_dim_estimate(denoise, spec: DiffusionSpec, images: jax.Array, rng: jax.Array,
-                          num_timesteps: int) -> jax.Array:
-    """`process.bits_per_dim_estimate` with the spec's schedule, prediction and variance."""
-    return process.bits_per_dim_estimate(denoise, spec.make_schedule(), images, rng, num_timesteps=num_timesteps,
-                                         prediction=spec.prediction, variance=spec.variance)
+                          num_timesteps: int, cond: Optional[jax.Array] = None) -> jax.Array:
+    """`process.bits_per_dim_estimate` of `images` with the spec's schedule, prediction and
+    variance (of their residuals, whose bins are residual_scale times as wide, for residual
+    super-resolution: the same pixels' probabilities)."""
+    return process.bits_per_dim_estimate(denoise, spec.make_schedule(), to_x0(spec, images, cond), rng,
+                                         num_timesteps=num_timesteps, prediction=spec.prediction,
+                                         variance=spec.variance, pixels=images,
+                                         pixel_scale=spec.residual_scale or 1.0)
 
 
 def decode_latents(tokenizer, latents: jax.Array, latent_scale: float) -> jax.Array:
