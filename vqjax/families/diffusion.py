@@ -105,7 +105,7 @@ class DiffusionFamily(Family):
         self.tx = optim.make_optimizer(config.optim, self.num_steps, self.batch_size)
         self.schedules = {"learning_rate": optim.make_schedule(config.optim, self.num_steps, self.batch_size)}
         self.params_ema_decay = float(config.optim.get("params_ema_decay", 0.0))
-        self.compiler_options = parallel.step_compiler_options(config.train.get("cpu_convolutions", "ynnpack"))
+        self.compiler_options = diffusion_lib.compiler_options_of(config)  # the step's, sampling's, evaluation's
         data_lib.check_split(self.data_cfg, self.data_cfg.eval_split)  # before step 1
         if self.evals_cfg.inception_path:
             inception_lib.load_variables(self.evals_cfg.inception_path)  # a bad file found now

@@ -156,16 +156,20 @@ def _generate_positional(model, params, spec, rng, x_T, labels, cond, known, mas
                     start_image=start_image, **settings)
 
 
+def _jitted(fn, compiler_options: Optional[dict], **jit_kwargs):
+    """`jax.jit(fn, ...)`, made once per function, XLA options and jit arguments."""
+    return _cached_jit(fn, tuple(sorted((compiler_options or {}).items())), **jit_kwargs)
+
+
 @functools.cache
-def _jitted(fn, options: tuple, **jit_kwargs):
+def _cached_jit(fn, options: tuple, **jit_kwargs):
     return jax.jit(fn, compiler_options=dict(options) or None, **jit_kwargs)
 
 
 def generate_jit(model, params, spec, rng, x_T, labels, cond, known, mask, start_image, *,
                  compiler_options: Optional[dict] = None, **settings):
     """`generate` compiled once per model, settings and XLA options (`compiler_options_of`)."""
-    jitted = _jitted(_generate_positional, tuple(sorted((compiler_options or {}).items())),
-                     static_argnums=(0, 2), static_argnames=_SAMPLER_ARGS)
+    jitted = _jitted(_generate_positional, compiler_options, static_argnums=(0, 2), static_argnames=_SAMPLER_ARGS)
     return jitted(model, params, spec, rng, x_T, labels, cond, known, mask, start_image, **settings)
 
 
@@ -287,8 +291,7 @@ class Diffusion:
         if self.spec.low_res_size:
             cond = low_res_condition(images, self.spec.low_res_size)[1] if low_res is None else \
                 upsample_condition(jnp.asarray(low_res, jnp.float32), self.image_shape[0])
-        bits_per_dim = _jitted(_bits_per_dim, tuple(sorted(compiler_options_of(self.config).items())),
-                               static_argnums=(0, 2, 7))
+        bits_per_dim = _jitted(_bits_per_dim, compiler_options_of(self.config), static_argnums=(0, 2, 7))
         return bits_per_dim(self.model, self.params, self.spec, rng, images, self._labels(labels, len(images)),
                             cond, num_timesteps or self.spec.num_timesteps - 1)
 
