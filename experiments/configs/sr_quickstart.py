@@ -17,8 +17,9 @@ def get_config(arg=None):
     args = common.config_args(arg)
     config = diffusion_quickstart.get_config()  # the same U-Net, schedule and optimizer
     config.diffusion.low_res_size = 8
-    # The residual's standard deviation is 0.117 on these crops (256 training crops; 0.110-0.127
-    # over groups of 64): 8 makes it about unit variance, the scale the schedule is made for.
+    # The residual's standard deviation is 0.117 on these crops (np.std(images - vqjax.inference.
+    # diffusion.low_res_condition(images, 8)[1]) over the first 16 training batches, 256 crops;
+    # 0.110-0.127 over groups of 64): 8 makes it about unit variance, the schedule's scale.
     config.diffusion.residual_scale = 8.0
     config.train.update(num_steps=1000, eval_steps=500, ckpt_steps=500)
     config.evals.update(bpd_timesteps=4, num_sr_images=64)
