@@ -1,6 +1,8 @@
 """The shared body of the training entry points (`experiments.vqvae`, `experiments.vqgan`,
 `experiments.transformer`, `experiments.diffusion`)."""
 
+from typing import Optional
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -17,9 +19,9 @@ _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def run(family: str) -> None:
+def run(family: Optional[str] = None) -> None:
     """Parses the flags and trains; `family` ('vqvae' | 'vqgan' | 'prior' | 'diffusion') must be the
-    config's `family`, else the right command is named."""
+    config's `family`, else the right command is named; None (`vqjax train`) takes the config's."""
 
     def main(argv):
         if len(argv) > 1:
@@ -36,7 +38,7 @@ def run(family: str) -> None:
         if config_family not in families.FAMILIES:
             raise app.UsageError(f"{filename} sets no known config.family ({config_family!r}); set it to one of "
                                  f"{sorted(families.FAMILIES)}.")
-        if config_family != family:
+        if family is not None and config_family != family:
             raise app.UsageError(f"{filename} is a {config_family} config; run it with "
                                  f"python -m {families.ENTRY_POINTS[config_family]}.")
         if _MULTIHOST.value:

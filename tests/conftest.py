@@ -20,10 +20,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # One compilation cache for this session (new each run, so nothing carries over between runs):
 # the trainer builds fresh closures on every call, so resumed runs and entry-point
 # subprocesses would otherwise recompile identical programs.
+# A pytest run in a subprocess (test_default_optimisation) inherits the directory and must not
+# delete it when it ends: only the process that made it does.
+_OWN_CACHE_DIR = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     import tempfile
 
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="vqjax_test_jit_cache_")
+    _OWN_CACHE_DIR = tempfile.mkdtemp(prefix="vqjax_test_jit_cache_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE_DIR
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.3"
 
 import sys  # noqa: E402
@@ -41,11 +45,10 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
-    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", "")
-    if os.path.basename(cache).startswith("vqjax_test_jit_cache_"):
+    if _OWN_CACHE_DIR is not None:
         import shutil
 
-        shutil.rmtree(cache, ignore_errors=True)
+        shutil.rmtree(_OWN_CACHE_DIR, ignore_errors=True)
 
 
 import pytest  # noqa: E402

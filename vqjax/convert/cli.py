@@ -36,8 +36,8 @@ def _diffusers(args) -> None:
     print(diffusers.convert_pipeline(args.pipeline, args.out, overwrite=args.overwrite))
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m vqjax.convert",
+def main(argv=None, prog: str = "python -m vqjax.convert") -> None:
+    parser = argparse.ArgumentParser(prog=prog,
                                      description="PyTorch weights -> vqjax weight files.")
     sub = parser.add_subparsers(dest="kind", required=True)
 

@@ -1,0 +1,33 @@
+"""The models an application runs on, named on its command line: `--tokenizer DIR` alone, or
+`--prior DIR` (a prior workdir, which names its own tokenizer)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Optional
+
+from vqjax.apps.files import InputError
+from vqjax.core import paths
+from vqjax.inference import prior as prior_lib, tokenizer as tokenizer_lib
+
+
+def add_arguments(parser: argparse.ArgumentParser, prior_use: str) -> None:
+    models = parser.add_mutually_exclusive_group(required=True)
+    models.add_argument("--tokenizer", metavar="DIR", help="a tokenizer: a vqvae/vqgan workdir or "
+                        "`vqjax convert taming` output")
+    models.add_argument("--prior", metavar="DIR", help=f"a prior workdir (with the tokenizer it was trained on): {prior_use}")
+
+
+def _check_directory(directory: str, flag: str) -> None:
+    if not paths.is_dir(directory):
+        raise InputError(f"{flag} {directory}: no such directory; pass a training workdir or a converted model.")
+
+
+def load(args: argparse.Namespace) -> tuple[tokenizer_lib.Tokenizer, Optional[prior_lib.Prior]]:
+    """(tokenizer, prior or None) from --tokenizer / --prior, with one-sentence errors."""
+    if args.prior:
+        _check_directory(args.prior, "--prior")
+        prior = prior_lib.load(args.prior)
+        return prior.tokenizer, prior
+    _check_directory(args.tokenizer, "--tokenizer")
+    return tokenizer_lib.load(args.tokenizer), None
