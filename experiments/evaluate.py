@@ -13,13 +13,6 @@ _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initial
 flags.mark_flags_as_required(["config"])
 
 
-def default_config_path() -> str:
-    """experiments/configs/evaluate.py, wherever the package is installed (`vqjax evaluate`)."""
-    import os
-
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "evaluate.py")
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")

@@ -17,7 +17,7 @@ import sys
 from typing import Optional, Sequence
 
 # The application modules; each adds its subcommands with register(subparsers).
-APPLICATIONS = ("vqjax.apps.codec",)
+APPLICATIONS = ("vqjax.apps.tokens", "vqjax.apps.generate", "vqjax.apps.codec")
 
 
 def _train(argv: list[str]) -> None:
@@ -25,7 +25,7 @@ def _train(argv: list[str]) -> None:
     config's family (python -m experiments.<family> takes the same flags)."""
     if not argv or argv[0].startswith("-"):
         raise SystemExit("usage: vqjax train CONFIG --workdir DIR [--config.FIELD=VALUE ...]")
-    from experiments import launch
+    from vqjax.train import launch
 
     sys.argv = ["vqjax train", f"--config={argv[0]}", *argv[1:]]
     launch.run()
@@ -36,12 +36,23 @@ def _evaluate(argv: list[str]) -> None:
     if not argv or argv[0].startswith("-"):
         raise SystemExit("usage: vqjax evaluate MODEL_DIR [--config.FIELD=VALUE ...]")
     from absl import app
+    from ml_collections import config_flags
 
-    from experiments import evaluate
+    from vqjax.families import defaults
 
-    sys.argv = ["vqjax evaluate", "--config=" + evaluate.default_config_path(),
-                f"--config.model_dir={argv[0]}", *argv[1:]]
-    app.run(evaluate.main)
+    config_flag = config_flags.DEFINE_config_dict("config", defaults.evaluation_base(), lock_config=True)
+
+    def main(unused_argv):
+        import jax
+
+        from vqjax.eval import evaluate_model
+
+        result = evaluate_model.evaluate_model(config_flag.value)
+        if jax.process_index() == 0:
+            print(evaluate_model.format_table(result), flush=True)
+
+    sys.argv = ["vqjax evaluate", f"--config.model_dir={argv[0]}", *argv[1:]]
+    app.run(main)
 
 
 def _convert(argv: list[str]) -> None:

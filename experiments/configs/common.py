@@ -1,11 +1,11 @@
 """The families' default configs (vqjax.families.defaults), which every experiment config here
 starts from."""
 
-from vqjax.families.defaults import (diffusion_base, prior_base, shrink_diffusion_for_smoke, shrink_for_smoke,
+from vqjax.families.defaults import (diffusion_base, evaluation_base, prior_base, shrink_diffusion_for_smoke, shrink_for_smoke,
                                      shrink_prior_for_smoke, vqgan_base, vqvae_base)
 
 __all__ = ["config_args", "diffusion_base", "prior_base", "shrink_diffusion_for_smoke", "shrink_for_smoke",
-           "shrink_prior_for_smoke", "vqgan_base", "vqvae_base"]
+           "shrink_prior_for_smoke", "vqgan_base", "vqvae_base", "evaluation_base"]
 
 
 def config_args(arg, valid=("smoke",)) -> set:

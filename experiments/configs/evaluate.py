@@ -21,14 +21,7 @@ from experiments.configs import common
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.model_dir = ""  # a training workdir or `python -m vqjax.convert taming --out DIR`
-    config.out = ""  # '' = <model_dir>/eval
-    config.data = common.vqvae_base().data
-    config.data.source = "model"  # 'model': the model config's data; else as in training configs
-    config.data.eval_batch_size = 64
-    # num_fid_samples: a prior's samples for FID / IS / KID (with inception_path).
-    config.evals = dict(num_eval_batches=-1, lpips_path="", inception_path="", num_fid_samples=10_000)
+    config = common.evaluation_base()
     if "smoke" in common.config_args(arg):
         config.data.eval_batch_size = 8
         config.evals.num_eval_batches = 2

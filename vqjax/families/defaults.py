@@ -354,3 +354,17 @@ def shrink_diffusion_for_smoke(config: ml_collections.ConfigDict) -> ml_collecti
     config.evals.update(num_eval_batches=2, num_fid_samples=16, num_sr_images=8, bpd_timesteps=4)
     config.sampling.update(num_samples=8, steps=5)
     return config
+
+
+def evaluation_base() -> ml_collections.ConfigDict:
+    """`python -m experiments.evaluate` and `vqjax evaluate`: a model directory's metrics
+    (experiments/configs/evaluate.py describes them)."""
+    config = ml_collections.ConfigDict()
+    config.model_dir = ""  # a training workdir or `python -m vqjax.convert taming --out DIR`
+    config.out = ""  # '' = <model_dir>/eval
+    config.data = vqvae_base().data
+    config.data.source = "model"  # 'model': the model config's data; else as in training configs
+    config.data.eval_batch_size = 64
+    # num_fid_samples: a prior's samples for FID / IS / KID (with inception_path).
+    config.evals = dict(num_eval_batches=-1, lpips_path="", inception_path="", num_fid_samples=10_000)
+    return config
