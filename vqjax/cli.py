@@ -17,7 +17,7 @@ import sys
 from typing import Optional, Sequence
 
 # The application modules; each adds its subcommands with register(subparsers).
-APPLICATIONS = ("vqjax.apps.tokens", "vqjax.apps.generate", "vqjax.apps.codec")
+APPLICATIONS = ("vqjax.apps.tokens", "vqjax.apps.generate", "vqjax.apps.codec", "vqjax.apps.anomaly")
 
 
 def _train(argv: list[str]) -> None:

@@ -8,7 +8,7 @@ from typing import Optional
 
 from vqjax.apps.files import InputError
 from vqjax.core import paths
-from vqjax.inference import prior as prior_lib, tokenizer as tokenizer_lib
+from vqjax.inference import legacy, prior as prior_lib, tokenizer as tokenizer_lib
 
 
 def add_arguments(parser: argparse.ArgumentParser, prior_use: str) -> None:
@@ -27,7 +27,14 @@ def load(args: argparse.Namespace) -> tuple[tokenizer_lib.Tokenizer, Optional[pr
     """(tokenizer, prior or None) from --tokenizer / --prior, with one-sentence errors."""
     if args.prior:
         _check_directory(args.prior, "--prior")
+        family = legacy.read_model_config(args.prior).family
+        if family != "prior":
+            raise InputError(f"--prior {args.prior} holds a {family} model, not a prior"
+                             + ("; pass it with --tokenizer." if family in ("vqvae", "vqgan") else "."))
         prior = prior_lib.load(args.prior)
         return prior.tokenizer, prior
     _check_directory(args.tokenizer, "--tokenizer")
+    family = legacy.read_model_config(args.tokenizer).family
+    if family == "prior":
+        raise InputError(f"--tokenizer {args.tokenizer} holds a prior, not a tokenizer; pass it with --prior.")
     return tokenizer_lib.load(args.tokenizer), None
