@@ -17,7 +17,8 @@ import sys
 from typing import Optional, Sequence
 
 # The application modules; each adds its subcommands with register(subparsers).
-APPLICATIONS = ("vqjax.apps.tokens", "vqjax.apps.generate", "vqjax.apps.codec", "vqjax.apps.anomaly")
+APPLICATIONS = ("vqjax.apps.tokens", "vqjax.apps.generate", "vqjax.apps.codec", "vqjax.apps.anomaly",
+                "vqjax.apps.repair")
 
 
 def _train(argv: list[str]) -> None:
