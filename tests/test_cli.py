@@ -147,3 +147,16 @@ def test_vqjax_train_evaluate_and_upsample_commands(tmp_path):
     assert "psnr" in result.stdout.lower() and os.path.exists(os.path.join(tokenizer_dir, "eval", "eval.json"))
     result = run("train", "experiments/configs/vqvae_quickstart.py:smoke")
     assert result.returncode != 0 and "workdir" in result.stderr
+
+
+def test_evaluate_overrides_set_typed_fields_and_name_unknown_ones():
+    from vqjax.families import defaults
+
+    config = defaults.evaluation_base()
+    cli._override(config, "--config.data.eval_batch_size=8")
+    cli._override(config, "--config.evals.lpips_path=/tmp/lpips.msgpack")
+    assert config.data.eval_batch_size == 8 and config.evals.lpips_path == "/tmp/lpips.msgpack"
+    with pytest.raises(SystemExit, match="no field 'evals.lpips'"):
+        cli._override(config, "--config.evals.lpips=x")
+    with pytest.raises(SystemExit, match="does not fit the field"):
+        cli._override(config, "--config.data.eval_batch_size=eight")

@@ -20,6 +20,7 @@ ALLOWED = {
     "vqjax/core/paths.py": None,  # it is the layer
     "vqjax/data/images.py": {"tf.io.read_file"},  # TensorFlow reads local image files itself
     "vqjax/data/codes.py": {"np.savez", "np.load"},  # into and out of a path-layer stream
+    "vqjax/apps/tokens.py": {"np.load"},  # out of a path-layer stream
 }
 
 

@@ -12,6 +12,7 @@ with nothing written.
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import sys
 from typing import Optional, Sequence
@@ -32,28 +33,45 @@ def _train(argv: list[str]) -> None:
     launch.run()
 
 
+def _override(config, argument: str) -> None:
+    """Applies one `--config.a.b=VALUE` to `config` (VALUE a Python literal, or text for a text
+    field), as `python -m experiments.evaluate` would."""
+    if not argument.startswith("--config.") or "=" not in argument:
+        raise SystemExit(f"vqjax evaluate: {argument!r} is not a --config.FIELD=VALUE override.")
+    key, text = argument[len("--config."):].split("=", 1)
+    *parents, leaf = key.split(".")
+    node = config
+    try:
+        for parent in parents:
+            node = node[parent]
+        current = node[leaf]
+    except (KeyError, TypeError):
+        raise SystemExit(f"vqjax evaluate: the evaluation config has no field {key!r} "
+                         "(see experiments/configs/evaluate.py).") from None
+    try:
+        node[leaf] = text if isinstance(current, str) else ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError) as err:
+        raise SystemExit(f"vqjax evaluate: --config.{key}={text} does not fit the field ({err}).") from None
+
+
 def _evaluate(argv: list[str]) -> None:
     """`vqjax evaluate DIR [--config.FIELD=VALUE ...]`: experiments.evaluate on a model directory."""
     if not argv or argv[0].startswith("-"):
         raise SystemExit("usage: vqjax evaluate MODEL_DIR [--config.FIELD=VALUE ...]")
-    from absl import app
-    from ml_collections import config_flags
+    import jax
+    from absl import logging
 
+    from vqjax.eval import evaluate_model
     from vqjax.families import defaults
 
-    config_flag = config_flags.DEFINE_config_dict("config", defaults.evaluation_base(), lock_config=True)
-
-    def main(unused_argv):
-        import jax
-
-        from vqjax.eval import evaluate_model
-
-        result = evaluate_model.evaluate_model(config_flag.value)
-        if jax.process_index() == 0:
-            print(evaluate_model.format_table(result), flush=True)
-
-    sys.argv = ["vqjax evaluate", f"--config.model_dir={argv[0]}", *argv[1:]]
-    app.run(main)
+    config = defaults.evaluation_base()
+    config.model_dir = argv[0]
+    for argument in argv[1:]:
+        _override(config, argument)
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every read at INFO
+    result = evaluate_model.evaluate_model(config)
+    if jax.process_index() == 0:
+        print(evaluate_model.format_table(result), flush=True)
 
 
 def _convert(argv: list[str]) -> None:

@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vqjax.apps import files
+from vqjax.apps import files, tiles
 from vqjax.core import paths
 from vqjax.eval.likelihood import token_nll
 from vqjax.inference.prior import Prior
@@ -123,25 +123,6 @@ def sequence_code_nll(model: Transformer, params, tokens, labels, code_shape: Se
     return _maskgit_code_nll(model, params, tokens, labels, groups, int(num_groups))
 
 
-def split_tiles(codes: np.ndarray, tile_hw: tuple[int, int]) -> np.ndarray:
-    """Code maps [B, H, W, *tail] (H, W multiples of the tile) -> tiles flattened in raster order
-    [B * (H / th) * (W / tw), th * tw * prod(tail)], tile by tile in raster order."""
-    batch, height, width, *tail = codes.shape
-    th, tw = tile_hw
-    tiles = codes.reshape(batch, height // th, th, width // tw, tw, *tail)
-    tiles = np.moveaxis(tiles, 3, 2)  # [B, nh, nw, th, tw, *tail]
-    return tiles.reshape(batch * (height // th) * (width // tw), -1)
-
-
-def join_tiles(values: np.ndarray, map_shape: Sequence[int], tile_hw: tuple[int, int]) -> np.ndarray:
-    """The inverse of `split_tiles`: [B * nh * nw, th * tw * prod(tail)] -> `map_shape`
-    [B, H, W, *tail]."""
-    batch, height, width, *tail = map_shape
-    th, tw = tile_hw
-    tiles = np.asarray(values).reshape(batch, height // th, width // tw, th, tw, *tail)
-    return np.moveaxis(tiles, 2, 3).reshape(tuple(map_shape))
-
-
 def code_nll_map(prior: Prior, codes, labels, num_groups: int = DEFAULT_NUM_GROUPS) -> np.ndarray:
     """Code maps [B, H, W, *tail] whose H, W are multiples of the prior's code map -> the NLL
     (nats) of each code [B, H, W, *tail], every tile of the prior's size scored on its own."""
@@ -150,10 +131,10 @@ def code_nll_map(prior: Prior, codes, labels, num_groups: int = DEFAULT_NUM_GROU
     if codes.shape[1] % tile_hw[0] or codes.shape[2] % tile_hw[1]:
         raise ValueError(f"Code maps of {codes.shape[1]}x{codes.shape[2]} are not whole tiles of the prior's "
                          f"{tile_hw[0]}x{tile_hw[1]}; pad the images first (score_images does).")
-    tiles = split_tiles(codes, tile_hw)
-    tile_labels = np.repeat(np.asarray(labels, np.int32), len(tiles) // len(codes))
-    nll = sequence_code_nll(prior.model, prior.params, tiles, tile_labels, prior.code_shape, num_groups)
-    return join_tiles(np.asarray(nll), codes.shape, tile_hw)
+    code_tiles = tiles.split(codes, tile_hw)
+    tile_labels = np.repeat(np.asarray(labels, np.int32), len(code_tiles) // len(codes))
+    nll = sequence_code_nll(prior.model, prior.params, code_tiles, tile_labels, prior.code_shape, num_groups)
+    return tiles.join(np.asarray(nll), codes.shape, tile_hw)
 
 
 def upsample_nearest(values: np.ndarray, factor: int) -> np.ndarray:

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vqjax.apps import files
+from vqjax.apps import files, tiles
 from vqjax.apps.files import InputError
 from vqjax.core import images as images_lib, paths
 from vqjax.inference.prior import Prior
@@ -214,16 +214,11 @@ class Codec:
         return self.tile[0] * self.factor, self.tile[1] * self.factor
 
     def _to_rows(self, codes: np.ndarray) -> np.ndarray:
-        """A code map [h, w, depth] -> its tiles as the prior's sequences [T, L] (tiles in raster
-        order, each flattened as the prior reads a map)."""
-        (th, tw), (h, w) = self.tile, codes.shape[:2]
-        tiles = codes.reshape(h // th, th, w // tw, tw, self.depth).transpose(0, 2, 1, 3, 4)
-        return tiles.reshape(-1, self.length)
+        """A code map [h, w, depth] -> its tiles as the prior's sequences [T, L]."""
+        return tiles.split(codes[None], self.tile)
 
     def _from_rows(self, rows: np.ndarray, code_shape: tuple) -> np.ndarray:
-        (th, tw), (h, w, depth) = self.tile, code_shape
-        tiles = rows.reshape(h // th, w // tw, th, tw, depth).transpose(0, 2, 1, 3, 4)
-        return tiles.reshape(h, w, depth)
+        return tiles.join(rows, (1, *code_shape), self.tile)[0]
 
     def _order(self) -> np.ndarray:
         return coding_order(self.length) if self.kind == "maskgit" else np.arange(self.length)

@@ -7,7 +7,6 @@ or not at all (`vqjax.core.paths.atomic_writer`)."""
 from __future__ import annotations
 
 import io
-import os
 from typing import Sequence
 
 import numpy as np
@@ -53,7 +52,7 @@ def write_png(path: str, image: np.ndarray) -> None:
 def output_paths(out_dir: str, inputs: Sequence[str], suffix: str) -> list[str]:
     """out_dir/<input's name without its extension><suffix> for each input; two inputs with one
     name (a/x.png, b/x.jpg) would overwrite each other, so they are refused."""
-    names = [os.path.splitext(os.path.basename(str(p)))[0] + suffix for p in inputs]
+    names = [paths.resolve(p).stem + suffix for p in inputs]
     seen: dict[str, str] = {}
     for name, source in zip(names, inputs):
         if name in seen:

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vqjax.apps import anomaly, files, models
+from vqjax.apps import anomaly, files, models, tiles
 from vqjax.apps.files import InputError
 from vqjax.core import images as images_lib
 from vqjax.inference.prior import Prior
@@ -59,18 +59,18 @@ def repair_codes(prior: Prior, codes: np.ndarray, regenerate: np.ndarray, rng: j
     regenerate = np.broadcast_to(np.asarray(regenerate, bool).reshape(regenerate.shape + (1,) * (codes.ndim - 3)),
                                  codes.shape)
     tile = tuple(prior.code_shape[:2])
-    tiles = anomaly.split_tiles(codes, tile)
-    tile_masks = anomaly.split_tiles(regenerate, tile)
+    code_tiles = tiles.split(codes, tile)
+    tile_masks = tiles.split(regenerate, tile)
     label = prior.model.null_label if label is None else label
-    labels = jnp.full((len(tiles),), label, jnp.int32)
+    labels = jnp.full((len(code_tiles),), label, jnp.int32)
     sampling = prior.config.sampling
     guidance = prior.model.num_classes > 0 and float(sampling.guidance_scale) != 1.0 and label != prior.model.null_label
-    repaired = decode.sample_maskgit(prior.model, prior.params, rng, labels, tokens=jnp.asarray(tiles),
+    repaired = decode.sample_maskgit(prior.model, prior.params, rng, labels, tokens=jnp.asarray(code_tiles),
                                      token_mask=jnp.asarray(tile_masks), num_steps=int(sampling.num_steps),
                                      schedule=sampling.schedule, temperature=float(sampling.temperature),
                                      choice_temperature=float(sampling.choice_temperature), guidance=guidance,
                                      guidance_scale=float(sampling.guidance_scale))
-    return anomaly.join_tiles(np.asarray(repaired), codes.shape, tile)
+    return tiles.join(np.asarray(repaired), codes.shape, tile)
 
 
 def read_mask(path: str, shape: tuple) -> np.ndarray:

@@ -4,7 +4,6 @@ downstream models), `vqjax decode`, `vqjax reconstruct`."""
 from __future__ import annotations
 
 import io
-import os
 
 import jax.numpy as jnp
 import numpy as np
@@ -40,7 +39,7 @@ def reconstruct_image(tokenizer, image: np.ndarray) -> np.ndarray:
 
 
 def _names(image_paths) -> list[str]:
-    return [os.path.basename(p) for p in files.output_paths("", image_paths, "")]
+    return [paths.resolve(p).name for p in files.output_paths("", image_paths, "")]
 
 
 def _encode_command(args) -> None:

@@ -1,0 +1,27 @@
+"""Code maps cut into tiles of a prior's code map, and put back: a prior has a fixed sequence
+length, so larger maps are coded, scored and repaired tile by tile."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def split(codes: np.ndarray, tile_hw: tuple[int, int]) -> np.ndarray:
+    """Code maps [B, H, W, *tail] (H, W multiples of the tile) -> tiles flattened in raster order
+    [B * (H / th) * (W / tw), th * tw * prod(tail)], tile by tile in raster order."""
+    batch, height, width, *tail = codes.shape
+    th, tw = tile_hw
+    tiles = codes.reshape(batch, height // th, th, width // tw, tw, *tail)
+    tiles = np.moveaxis(tiles, 3, 2)  # [B, nh, nw, th, tw, *tail]
+    return tiles.reshape(batch * (height // th) * (width // tw), -1)
+
+
+def join(values: np.ndarray, map_shape: Sequence[int], tile_hw: tuple[int, int]) -> np.ndarray:
+    """The inverse of `split`: [B * nh * nw, th * tw * prod(tail)] -> `map_shape`
+    [B, H, W, *tail]."""
+    batch, height, width, *tail = map_shape
+    th, tw = tile_hw
+    tiles = np.asarray(values).reshape(batch, height // th, width // tw, th, tw, *tail)
+    return np.moveaxis(tiles, 2, 3).reshape(tuple(map_shape))
