@@ -69,7 +69,7 @@ class Header:
     batch_size: int  # the batch the prior was applied to (the probabilities depend on it)
     models: bytes  # MODELS_ID_BYTES of the models' hash
     codes_crc: int  # CRC-32 of the code map (int32), to catch probabilities that differ from the encoder's
-    payload_size: int  # bytes after the header
+    payload_size: int  # bytes after the header (read by unpack; pack counts the payload it is given)
 
     # magic, version, prior, platform, channels, height, width, h, w, depth, steps, label, batch,
     # models, codes_crc, payload_size; then the CRC-32 of everything before it and the payload.
