@@ -154,15 +154,6 @@ class ImageScores:
     prior_nats_per_code: Optional[float] = None  # mean NLL of the code positions covering the image
 
 
-def padding_multiple(tokenizer: Tokenizer, prior: Optional[Prior]) -> tuple[int, int]:
-    """The pixel sizes an image is padded to multiples of: the downsampling factor, or with a
-    prior the tile it scores (its code map in pixels)."""
-    factor = tokenizer.downsampling_factor
-    if prior is None:
-        return factor, factor
-    return prior.code_shape[0] * factor, prior.code_shape[1] * factor
-
-
 def _score_batch(tokenizer: Tokenizer, prior: Optional[Prior], images: np.ndarray, labels: np.ndarray,
                  num_groups: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """Padded images [B, H, W, C] -> (reconstruction error maps [B, H, W], per-position code NLL
@@ -195,7 +186,7 @@ def score_images(model: Tokenizer | Prior, images: Sequence[np.ndarray], *, labe
     prior = model if isinstance(model, Prior) else None
     tokenizer = prior.tokenizer if prior is not None else model
     label = prior.model.null_label if prior is not None and label is None else label
-    multiple_h, multiple_w = padding_multiple(tokenizer, prior)
+    multiple_h, multiple_w = tiles.padding_multiple(tokenizer, prior)
     factor = tokenizer.downsampling_factor
     padded = [files.pad_to_multiple(np.asarray(image, np.float32), multiple_h, multiple_w) for image in images]
     results: list[Optional[ImageScores]] = [None] * len(images)

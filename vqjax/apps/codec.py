@@ -207,11 +207,8 @@ class Codec:
 
     @property
     def pixel_multiple(self) -> tuple[int, int]:
-        """Image sides are padded to multiples of these: the tokenizer's factor, or the pixels
-        of one prior tile."""
-        if self.tile is None:
-            return self.factor, self.factor
-        return self.tile[0] * self.factor, self.tile[1] * self.factor
+        """Image sides are padded to multiples of these (`tiles.padding_multiple`)."""
+        return tiles.padding_multiple(self.tokenizer, self.prior)
 
     def _to_rows(self, codes: np.ndarray) -> np.ndarray:
         """A code map [h, w, depth] -> its tiles as the prior's sequences [T, L]."""
@@ -223,13 +220,13 @@ class Codec:
     def _order(self) -> np.ndarray:
         return coding_order(self.length) if self.kind == "maskgit" else np.arange(self.length)
 
-    def _passes(self):
+    def _passes(self, steps: int):
         """(known positions before the pass, positions coded under its output) per prior pass,
-        in coding order."""
+        in coding order (MaskGIT: over `steps` steps)."""
         order = self._order()
         if self.kind == "gpt":
             return [(order[:i], order[i:i + 1]) for i in range(self.length)]
-        bounds = np.cumsum([0] + reveal_counts(self.length, self.steps))
+        bounds = np.cumsum([0] + reveal_counts(self.length, steps))
         return [(order[:start], order[start:end]) for start, end in zip(bounds[:-1], bounds[1:])]
 
     def _pass_input(self, rows: np.ndarray, known: np.ndarray) -> np.ndarray:
@@ -240,13 +237,13 @@ class Codec:
         tokens[:, known] = rows[:, known]
         return tokens
 
-    def _probabilities(self, tokens: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    def _probabilities(self, tokens: np.ndarray, labels: np.ndarray, batch_size: int) -> np.ndarray:
         """The prior's probabilities for `tokens` [N, L], applied in batches of exactly
         `batch_size` rows (the shape decides the rounding)."""
         out = []
-        for start in range(0, len(tokens), self.batch_size):
-            chunk, chunk_labels = tokens[start:start + self.batch_size], labels[start:start + self.batch_size]
-            pad = self.batch_size - len(chunk)
+        for start in range(0, len(tokens), batch_size):
+            chunk, chunk_labels = tokens[start:start + batch_size], labels[start:start + batch_size]
+            pad = batch_size - len(chunk)
             chunk = np.concatenate([chunk, np.zeros((pad, self.length), np.int32)])
             chunk_labels = np.concatenate([chunk_labels, np.full((pad,), self.prior.model.null_label, np.int32)])
             p = _prior_probabilities(self.prior.model, self.prior.params, jnp.asarray(chunk), jnp.asarray(chunk_labels))
@@ -283,8 +280,8 @@ class Codec:
         all_rows = np.concatenate(rows_per_image)
         row_labels = np.concatenate([np.full(len(r), label, np.int32) for r, label in zip(rows_per_image, labels)])
         symbols, probabilities = [], []
-        for known, coded in self._passes():
-            p = self._probabilities(self._pass_input(all_rows, known), row_labels)[:, coded]  # [N, n, K]
+        for known, coded in self._passes(self.steps):
+            p = self._probabilities(self._pass_input(all_rows, known), row_labels, self.batch_size)[:, coded]
             symbols.append(all_rows[:, coded])
             probabilities.append(p)
         bounds = np.cumsum([0] + [len(r) for r in rows_per_image])
@@ -369,12 +366,11 @@ class Codec:
         model = constriction.stream.model.Categorical(perfect=False)
         th, tw = self.tile
         num_rows = (header.code_shape[0] // th) * (header.code_shape[1] // tw)
-        codec = self if (header.steps == self.steps and header.batch_size == self.batch_size) else \
-            Codec(self.tokenizer, self.prior, steps=header.steps, batch_size=header.batch_size)
         rows = np.zeros((num_rows, self.length), np.int32)
         labels = np.full((num_rows,), header.label, np.int32)
-        for known, coded in codec._passes():
-            p = codec._probabilities(codec._pass_input(rows, known), labels)[:, coded]  # [T, n, K]
+        # The file's steps and batch, whatever this codec would compress with.
+        for known, coded in self._passes(header.steps):
+            p = self._probabilities(self._pass_input(rows, known), labels, header.batch_size)[:, coded]  # [T, n, K]
             flat = decoder.decode(model, p.transpose(1, 0, 2).reshape(-1, self.num_codes))
             rows[:, coded] = np.asarray(flat, np.int32).reshape(len(coded), num_rows).T
         return self._from_rows(rows, header.code_shape)

@@ -90,7 +90,7 @@ def repair_image(prior: Prior, image: np.ndarray, rng: jax.Array, *, mask: Optio
     tokenizer = prior.tokenizer
     factor = tokenizer.downsampling_factor
     height, width = image.shape[:2]
-    padded = files.pad_to_multiple(image, *anomaly.padding_multiple(tokenizer, prior))
+    padded = files.pad_to_multiple(image, *tiles.padding_multiple(tokenizer, prior))
     _, indices = tokenizer.encode(jnp.asarray(files.to_model_range(padded)[None]))
     codes = np.asarray(indices)
     if mask is not None:

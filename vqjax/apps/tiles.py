@@ -25,3 +25,12 @@ def join(values: np.ndarray, map_shape: Sequence[int], tile_hw: tuple[int, int])
     th, tw = tile_hw
     tiles = np.asarray(values).reshape(batch, height // th, width // tw, th, tw, *tail)
     return np.moveaxis(tiles, 2, 3).reshape(tuple(map_shape))
+
+
+def padding_multiple(tokenizer, prior=None) -> tuple[int, int]:
+    """The pixel sizes an image is padded to multiples of (by the codec, score and repair): the
+    tokenizer's downsampling factor, or with a prior one tile (its code map in pixels)."""
+    factor = tokenizer.downsampling_factor
+    if prior is None:
+        return factor, factor
+    return prior.code_shape[0] * factor, prior.code_shape[1] * factor
