@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -119,6 +120,27 @@ def test_sample_writes_a_grid_of_a_priors_and_a_diffusion_models_samples(trained
     assert "does not upsample" in err and not os.path.exists(tmp_path / "up")
 
 
+def test_upsample_cuts_larger_images_into_the_models_low_resolution_tiles():
+    """`upsample_image` on an image of no multiple of the model's low resolution, with a stand-in
+    model that upsamples each tile by repeating pixels: the result is the image's repetition."""
+    from types import SimpleNamespace
+
+    from vqjax.apps import generate
+
+    ratio, size = 4, 8
+    seen = []
+
+    def upsample(low_res, rng, **settings):
+        seen.append(low_res.shape)
+        return jnp.repeat(jnp.repeat(jnp.asarray(low_res), ratio, axis=1), ratio, axis=2)
+
+    model = SimpleNamespace(spec=SimpleNamespace(low_res_size=size), image_shape=(32, 32, 3), upsample=upsample)
+    image = np.random.default_rng(0).integers(0, 256, (13, 20, 3), dtype=np.uint8)
+    out = generate.upsample_image(model, image, jax.random.key(0), batch_size=4, steps=2)
+    np.testing.assert_array_equal(out, np.repeat(np.repeat(image, ratio, axis=0), ratio, axis=1))
+    assert seen == [(4, size, size, 3), (2, size, size, 3)]  # 2 x 3 tiles in batches of 4
+
+
 @pytest.mark.extended
 def test_vqjax_train_evaluate_and_upsample_commands(tmp_path):
     """The installed console script: train (the config's family picked), evaluate, upsample."""
@@ -134,10 +156,12 @@ def test_vqjax_train_evaluate_and_upsample_commands(tmp_path):
 
     model = diffusion_lib.load(workdir)
     size = model.spec.low_res_size
-    inputs = _write_images(tmp_path, [(size, size)] * 2)
+    inputs = _write_images(tmp_path, [(size, size), (size + 3, 2 * size)])
     result = run("upsample", *inputs, "--diffusion", workdir, "--steps", "2", "--out", str(tmp_path / "up"))
     assert result.returncode == 0, result.stderr[-3000:]
+    ratio = model.image_shape[0] // size
     assert files.read_image(str(tmp_path / "up" / "image0.png")).shape == model.image_shape
+    assert files.read_image(str(tmp_path / "up" / "image1.png")).shape == ((size + 3) * ratio, 2 * size * ratio, 3)
 
     tokenizer_dir = str(tmp_path / "tok")
     result = run("train", "experiments/configs/vqvae_quickstart.py:smoke", "--workdir", tokenizer_dir)

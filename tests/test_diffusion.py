@@ -250,6 +250,77 @@ def test_converter_refuses_what_it_cannot_convert(tmp_path):
         convert_cli.main(["diffusers", "--pipeline", str(tmp_path), "--out", str(tmp_path / "out")])
 
 
+def _random_latent_model():
+    """A latent diffusion model of random weights on a random VQ-VAE (smoke sizes, 32x32 images
+    to 8x8 latents)."""
+    from vqjax import quantizers
+    from vqjax.nets import build as nets
+    from vqjax.families.tokenizer import init_params as tokenizer_init
+    from vqjax.inference.tokenizer import Tokenizer
+
+    tok_config = load_config("vqvae_quickstart", "smoke")
+    autoencoder = nets.build_autoencoder(**tok_config.model)
+    quantizer = quantizers.build(tok_config.quantizer, dim=tok_config.model.embed_dim)
+    images = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3), minval=-1.0, maxval=1.0)
+    tokenizer = Tokenizer(tok_config, *tokenizer_init(autoencoder, quantizer, jax.random.key(1), images))
+    config = load_config("ldm_vq_cifar10", "smoke")
+    spec = diffusion_lib.DiffusionSpec.from_config(config.diffusion)
+    side = 32 // tokenizer.downsampling_factor
+    shape = (side, side, tokenizer.quantizer.dim)
+    model = diffusion_lib.build_unet(config.model, shape[-1], spec)
+    params = diffusion_lib.init_params(model, jax.random.key(2), shape, spec)
+    return diffusion_lib.Diffusion(config, spec, model, params, shape, tokenizer=tokenizer, latent_scale=1.7)
+
+
+def test_latent_mask_keeps_a_latent_only_where_all_its_pixels_are_kept():
+    mask = (np.random.default_rng(0).random((2, 8, 12, 3)) > 0.1).astype(np.float32)
+    expected = np.ones((2, 2, 3, 1), np.float32)
+    for b, i, j, c in zip(*np.nonzero(mask == 0)):
+        expected[b, i // 4, j // 4, 0] = 0.0
+    np.testing.assert_array_equal(diffusion_lib.latent_mask(jnp.asarray(mask), 4), expected)
+
+
+def test_latent_inpaint_and_edit_work_on_the_tokenizers_latents(monkeypatch):
+    """Latent models inpaint by keeping the latents of wholly kept patches (their encodings,
+    scaled) and edit from the images' scaled latents; the result is the tokenizer's decoding of
+    the generated latents, with kept pixels put back exactly."""
+    diffusion = _random_latent_model()
+    assert diffusion.pixel_shape == (32, 32, 3) and diffusion.image_shape[:2] == (8, 8)
+    runs = []
+    real_run = diffusion._run
+
+    def recording_run(*args, **kwargs):
+        runs.append(dict(kwargs, out=real_run(*args, **kwargs)))
+        return runs[-1]["out"]
+
+    monkeypatch.setattr(diffusion, "_run", recording_run)
+    images = np.asarray(jax.random.uniform(jax.random.key(3), (2, 32, 32, 3), minval=-1.0, maxval=1.0))
+    mask = np.ones((32, 32), np.float32)
+    mask[8:22, 10:30] = 0.0  # latents of rows 2..5, columns 2..7 are partly unknown
+    out = np.asarray(diffusion.inpaint(images, mask, jax.random.key(4), steps=4))
+    latents = np.asarray(diffusion.tokenizer.latents(images)) * 1.7
+    known_cells = np.ones((8, 8), bool)
+    known_cells[2:6, 2:8] = False
+    np.testing.assert_allclose(runs[0]["known"], latents, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(runs[0]["mask"][..., 0], np.broadcast_to(known_cells, (2, 8, 8)))
+    generated = np.asarray(runs[0]["out"])
+    np.testing.assert_allclose(generated[:, known_cells], latents[:, known_cells], atol=1e-4)
+    assert not np.allclose(generated[:, ~known_cells], latents[:, ~known_cells], atol=0.1)
+    decoded = np.clip(np.asarray(diffusion.tokenizer.decode_latents(generated / 1.7)), -1, 1)
+    hole = mask == 0
+    np.testing.assert_array_equal(out[:, ~hole], images[:, ~hole])
+    np.testing.assert_allclose(out[:, hole], decoded[:, hole], atol=1e-5)
+
+    edited = np.asarray(diffusion.edit(images, jax.random.key(5), strength=0.3, steps=4))
+    np.testing.assert_allclose(runs[1]["start_image"], latents, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(edited, np.clip(np.asarray(diffusion.tokenizer.decode_latents(
+        np.asarray(runs[1]["out"]) / 1.7)), -1, 1), atol=1e-5)
+    with pytest.raises(ValueError, match=r"images must be \[B, 32, 32, 3\]"):
+        diffusion.edit(images[:, :16], jax.random.key(5))
+    with pytest.raises(ValueError, match="no discrete likelihood"):
+        diffusion.bits_per_dim(images, jax.random.key(0))
+
+
 @pytest.mark.extended
 def test_latent_diffusion_on_a_tokenizer(trained_vqgan, tmp_path):
     """ldm_vq_cifar10's smoke config on the shared VQGAN workdir: latents cached, scaled to unit
@@ -275,6 +346,8 @@ def test_latent_diffusion_on_a_tokenizer(trained_vqgan, tmp_path):
                                atol=1e-5)
     with pytest.raises(ValueError, match="latent diffusion model"):
         model.bits_per_dim(np.zeros((2, 32, 32, 3)), jax.random.key(0))
+    inpainted = np.asarray(model.inpaint(np.zeros((2, 32, 32, 3)), np.ones((32, 32)), jax.random.key(0), steps=5))
+    np.testing.assert_array_equal(inpainted, 0.0)
     config.tokenizer_dir = ""
     with pytest.raises(ValueError, match="config.tokenizer_dir is empty"):
         _family(config)

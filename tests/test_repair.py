@@ -9,7 +9,7 @@ import pytest
 
 import vqjax.prior
 from vqjax import cli
-from vqjax.apps import files, repair
+from vqjax.apps import files, repair, tiles
 from vqjax.apps.files import InputError
 
 
@@ -80,4 +80,41 @@ def test_repair_command(prior, trained_prior, trained_vqgan, tmp_path, capsys):
            "--out", str(tmp_path / "x")], "make it the image's size")
     fails(["repair", "--tokenizer", trained_vqgan[1], str(tmp_path / "photo.png"), "--fraction", "0.1",
            "--out", str(tmp_path / "x")], "pass --prior")
+    assert not os.path.exists(tmp_path / "x")
+
+
+def test_image_tiles_are_raster_order_slices_and_join_back():
+    image = np.random.default_rng(0).integers(0, 256, (6, 9, 2), dtype=np.uint8)
+    pieces = tiles.split_images(image, (3, 3))
+    expected = [image[i:i + 3, j:j + 3] for i in (0, 3) for j in (0, 3, 6)]
+    np.testing.assert_array_equal(pieces, np.stack(expected))
+    np.testing.assert_array_equal(tiles.join_images(pieces, image.shape), image)
+
+
+def test_diffusion_repair_inpaints_the_mask_and_keeps_every_other_pixel(trained_diffusion, trained_prior, tmp_path,
+                                                                       capsys):
+    """`vqjax repair --diffusion` on an image of no multiple of the model's size (tiles, padding)."""
+    size = int(trained_diffusion[0].data.image_size)
+    image = np.random.default_rng(3).integers(0, 256, (size + 5, size + 2, 3), dtype=np.uint8)
+    files.write_png(str(tmp_path / "photo.png"), image)
+    hole = np.zeros(image.shape[:2], bool)
+    hole[2:size // 2, 3:size + 1] = True  # across the two tiles of a row
+    files.write_png(str(tmp_path / "hole.png"), np.where(hole, 255, 0).astype(np.uint8)[..., None])
+    cli.main(["repair", "--diffusion", trained_diffusion[1], str(tmp_path / "photo.png"), "--mask",
+              str(tmp_path / "hole.png"), "--steps", "2", "--out", str(tmp_path / "out")])
+    assert f"{hole.sum()} of {hole.size} pixels inpainted" in capsys.readouterr().out
+    repaired = files.read_image(str(tmp_path / "out" / "photo.png"))
+    assert repaired.shape == image.shape
+    np.testing.assert_array_equal(repaired[~hole], image[~hole])
+    assert np.mean(repaired[hole] != image[hole]) > 0.5
+
+    def fails(argv, message):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+    fails(["repair", "--diffusion", trained_diffusion[1], str(tmp_path / "photo.png"), "--fraction", "0.1",
+           "--out", str(tmp_path / "x")], "pass --mask MASK.png")
+    fails(["repair", "--diffusion", trained_prior[1], str(tmp_path / "photo.png"), "--mask", str(tmp_path / "hole.png"),
+           "--out", str(tmp_path / "x")], "holds a prior model, not a diffusion model; pass it with --prior")
     assert not os.path.exists(tmp_path / "x")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from vqjax.apps import files
+from vqjax.apps import files, tiles
 from vqjax.apps.files import InputError
 from vqjax.core import images as images_lib, paths
 from vqjax.inference import legacy
@@ -74,20 +74,28 @@ def _upsample_command(args) -> None:
         raise InputError(f"{args.model_dir} generates images but does not upsample them: train a "
                          "super-resolution config (experiments/configs/sr_quickstart.py).")
     images = files.read_images(args.images, model.image_shape[-1])
-    for path, image in zip(args.images, images):
-        if image.shape[:2] != (size, size):
-            raise InputError(f"{path} is {image.shape[1]}x{image.shape[0]}; this model upsamples {size}x{size} "
-                             f"images to {model.image_shape[1]}x{model.image_shape[0]}.")
     outputs = files.output_paths(args.out, args.images, ".png")
-    low_res = files.to_model_range(np.stack(images))
-    upsampled = []
-    for start in range(0, len(low_res), args.batch_size):
-        batch = low_res[start:start + args.batch_size]
-        upsampled.append(np.asarray(model.upsample(batch, jax.random.fold_in(jax.random.key(args.seed), start),
-                                                   sampler=args.sampler, steps=args.steps)))
-    for path, image in zip(outputs, images_lib.to_uint8(np.concatenate(upsampled))):
+    rng = jax.random.key(args.seed)
+    results = [upsample_image(model, image, jax.random.fold_in(rng, i), batch_size=args.batch_size,
+                              sampler=args.sampler, steps=args.steps) for i, image in enumerate(images)]
+    for path, image in zip(outputs, results):
         files.write_png(path, image)
         print(f"{path}: {image.shape[1]}x{image.shape[0]}")
+
+
+def upsample_image(model, image: np.ndarray, rng: jax.Array, *, batch_size: int = 16, **settings) -> np.ndarray:
+    """uint8 [h, w, C] -> uint8 [h x r, w x r, C] by a super-resolution model of ratio r. Images of
+    another size than the model's low resolution s are upsampled in s x s tiles (edge-padded to
+    whole tiles, cropped back), each tile alone: seams between tiles can show."""
+    size = model.spec.low_res_size
+    ratio = model.image_shape[0] // size
+    padded = files.pad_to_multiple(image, size, size)
+    low_res = files.to_model_range(tiles.split_images(padded, (size, size)))
+    upsampled = [np.asarray(model.upsample(low_res[start:start + batch_size], jax.random.fold_in(rng, start),
+                                           **settings)) for start in range(0, len(low_res), batch_size)]
+    high_res = tiles.join_images(images_lib.to_uint8(np.concatenate(upsampled)),
+                                 (padded.shape[0] * ratio, padded.shape[1] * ratio, padded.shape[2]))
+    return high_res[: image.shape[0] * ratio, : image.shape[1] * ratio]
 
 
 def register(subparsers) -> None:

@@ -1,8 +1,10 @@
 """Token-level repair (`vqjax repair`): the codes a MaskGIT prior finds least likely, or those
-under a user's mask, are masked and resampled by the prior, then decoded.
+under a user's mask, are masked and resampled by the prior, then decoded; or, with a diffusion
+model, the pixels under a mask are inpainted.
 
     vqjax repair --prior /tmp/prior_quickstart scratched.png --fraction 0.1 --out /tmp/repaired
     vqjax repair --prior /tmp/prior_quickstart photo.png --mask hole.png --out /tmp/inpainted
+    vqjax repair --diffusion /tmp/diffusion_quickstart photo.png --mask hole.png --out /tmp/inpainted
 
 One command for defect removal (the least likely codes: `--fraction` of them, or those above
 `--threshold` nats, under the pseudo-likelihood of `vqjax score`), inpainting (a mask inside the
@@ -10,6 +12,10 @@ image) and outpainting (a mask at its border). The kept codes are kept exactly; 
 iterative decoding fills the rest given them. A GPT prior sees only the codes before a position,
 so it cannot fill a hole to fit what lies after it: repair takes MaskGIT priors. Images of other
 sizes than the prior's are repaired tile by tile (edge-padded to whole tiles, cropped back).
+
+A diffusion model (pixel-space or latent) inpaints the mask's pixels with its sampler, the
+other pixels kept exactly (`Diffusion.inpaint`), tile by tile at its image size; it has no
+per-code likelihood, so it takes --mask only.
 """
 
 from __future__ import annotations
@@ -109,7 +115,48 @@ def repair_image(prior: Prior, image: np.ndarray, rng: jax.Array, *, mask: Optio
     return decoded[:height, :width], regenerate
 
 
+def inpaint_image(model, image: np.ndarray, repair: np.ndarray, rng: jax.Array, *, label: Optional[int] = None,
+                  batch_size: int = 16, **settings) -> np.ndarray:
+    """A diffusion model's inpainting of uint8 [H, W, C] where `repair` [H, W] is True, in tiles
+    of the model's image size (edge-padded, each tile alone, cropped back) -> uint8 [H, W, C]."""
+    tile = tuple(model.pixel_shape[:2])
+    padded = files.pad_to_multiple(image, *tile)
+    keep = np.ones(padded.shape[:2] + (1,), np.float32)  # the padding is kept: it continues the image
+    keep[: image.shape[0], : image.shape[1], 0] = ~np.asarray(repair, bool)
+    image_tiles = files.to_model_range(tiles.split_images(padded, tile))
+    keep_tiles = tiles.split_images(keep, tile)
+    out = []
+    for start in range(0, len(image_tiles), batch_size):
+        batch = slice(start, start + batch_size)
+        labels = None if label is None else [label] * len(image_tiles[batch])
+        out.append(np.asarray(model.inpaint(image_tiles[batch], keep_tiles[batch], jax.random.fold_in(rng, start),
+                                            labels=labels, **settings)))
+    inpainted = tiles.join_images(images_lib.to_uint8(np.concatenate(out)), padded.shape)
+    return inpainted[: image.shape[0], : image.shape[1]]
+
+
+def _diffusion_repair_command(args) -> None:
+    if args.mask is None:
+        raise InputError("A diffusion model inpaints a mask: pass --mask MASK.png (white = repair); --fraction and "
+                         "--threshold choose codes by a prior's likelihood (--prior DIR).")
+    if len(args.images) != 1:
+        raise InputError("--mask applies to one image; repair the images one at a time.")
+    model = models.load_diffusion(args.diffusion)
+    if model.spec.low_res_size:
+        raise InputError(f"--diffusion {args.diffusion} is a super-resolution model; inpainting takes a model that "
+                         "generates images (vqjax upsample runs this one).")
+    image = files.read_images(args.images, model.pixel_shape[-1])[0]
+    mask = read_mask(args.mask, image.shape[:2])
+    output = files.output_paths(args.out, args.images, ".png")[0]
+    repaired = inpaint_image(model, image, mask, jax.random.key(args.seed), label=args.label, steps=args.steps,
+                             sampler=args.sampler)
+    files.write_png(output, repaired)
+    print(f"{output}: {int(mask.sum())} of {mask.size} pixels inpainted")
+
+
 def _repair_command(args) -> None:
+    if args.diffusion:
+        return _diffusion_repair_command(args)
     tokenizer, prior = models.load(args)
     if prior is None:
         raise InputError("Repair resamples codes with a prior: pass --prior DIR (a MaskGIT prior workdir).")
@@ -133,7 +180,8 @@ def _repair_command(args) -> None:
 def register(subparsers) -> None:
     parser = subparsers.add_parser("repair", help="regenerate the least likely codes (or a mask's) with a MaskGIT prior",
                                    description=__doc__.split("\n\n")[0])
-    models.add_arguments(parser, "a MaskGIT prior resamples the codes")
+    models.add_arguments(parser, "a MaskGIT prior resamples the codes",
+                         diffusion_use="a pixel-space or latent diffusion model inpaints --mask")
     parser.add_argument("images", nargs="+", metavar="IMAGE")
     parser.add_argument("--out", required=True, metavar="DIR")
     parser.add_argument("--mask", default=None, metavar="MASK.png", help="white = repair (inpainting, outpainting)")
@@ -141,6 +189,8 @@ def register(subparsers) -> None:
     parser.add_argument("--threshold", type=float, default=None, help="regenerate codes above this NLL (nats)")
     parser.add_argument("--dilation", type=int, default=1,
                         help="with --mask: also regenerate this many codes around the masked ones (blends edges)")
-    parser.add_argument("--label", type=int, default=None, help="class-conditional priors: the class")
+    parser.add_argument("--label", type=int, default=None, help="class-conditional priors and diffusion models: the class")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=50, help="--diffusion: sampling steps")
+    parser.add_argument("--sampler", default="ddim", help="--diffusion: ddpm, ddim or dpm_solver")
     parser.set_defaults(run=_repair_command)

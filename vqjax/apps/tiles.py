@@ -34,3 +34,14 @@ def padding_multiple(tokenizer, prior=None) -> tuple[int, int]:
     if prior is None:
         return factor, factor
     return prior.code_shape[0] * factor, prior.code_shape[1] * factor
+
+
+def split_images(image: np.ndarray, tile_hw: tuple[int, int]) -> np.ndarray:
+    """One image [H, W, C] (H, W multiples of the tile) -> its tiles [n, th, tw, C] in raster order."""
+    return split(image[None], tile_hw).reshape((-1,) + tuple(tile_hw) + image.shape[2:])
+
+
+def join_images(image_tiles: np.ndarray, image_shape: Sequence[int]) -> np.ndarray:
+    """The inverse of `split_images`: tiles [n, th, tw, C] -> the image of `image_shape` [H, W, C]."""
+    image_tiles = np.asarray(image_tiles)
+    return join(image_tiles.reshape(len(image_tiles), -1), (1,) + tuple(image_shape), image_tiles.shape[1:3])[0]

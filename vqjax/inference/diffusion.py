@@ -175,12 +175,13 @@ def generate_jit(model, params, spec, rng, x_T, labels, cond, known, mask, start
 
 class Diffusion:
     """A diffusion model: `sample`, `inpaint`, `edit` (SDEdit), `upsample` (super-resolution
-    models), `bits_per_dim`.
+    models), `bits_per_dim` (pixel-space models).
 
     Attributes: `config`, `spec` (`DiffusionSpec`), `model` (the U-Net), `params` (the weight
     average when the run kept one), `image_shape` ((H, W, C) of what the U-Net denoises: images,
-    or a latent diffusion model's latents), `step`; latent diffusion models also have
-    `tokenizer` and `latent_scale`, and `sample` returns decoded images.
+    or a latent diffusion model's latents), `pixel_shape` ((H, W, C) of the images it takes and
+    returns), `step`; latent diffusion models also have `tokenizer` and `latent_scale`: they
+    encode the images they are given and decode what they generate.
     """
 
     def __init__(self, config, spec: DiffusionSpec, model: UNet, params: Any, image_shape: tuple,
@@ -188,11 +189,24 @@ class Diffusion:
         self.config, self.spec, self.model, self.params = config, spec, model, params
         self.image_shape, self.step = tuple(image_shape), step
         self.tokenizer, self.latent_scale = tokenizer, float(latent_scale)
+        self.pixel_shape = self.image_shape
+        if tokenizer is not None:
+            factor = tokenizer.downsampling_factor
+            self.pixel_shape = (self.image_shape[0] * factor, self.image_shape[1] * factor,
+                                int(tokenizer.config.data.get("channels", 3)))
 
     def _pixels_only(self, what: str) -> None:
         if self.tokenizer is not None:
-            raise ValueError(f"{what} works on pixel-space models; this is a latent diffusion model "
-                             "(sample works, and decodes through its tokenizer).")
+            raise ValueError(f"{what} works on pixel-space models; this is a latent diffusion model, whose "
+                             "tokenizer's decoder gives no discrete likelihood of 8-bit pixels.")
+
+    def _encode(self, images: jax.Array) -> jax.Array:
+        """Images -> what the U-Net denoises: the images, or their scaled latents."""
+        return images if self.tokenizer is None else self.tokenizer.latents(images) * self.latent_scale
+
+    def _decode(self, x: jax.Array) -> jax.Array:
+        """What the U-Net denoised -> images in [-1, 1]."""
+        return x if self.tokenizer is None else decode_latents(self.tokenizer, x, self.latent_scale)
 
     def _labels(self, labels, count: int) -> Optional[jax.Array]:
         if labels is None:
@@ -215,8 +229,8 @@ class Diffusion:
 
     def _check_images(self, images, what: str) -> jax.Array:
         images = jnp.asarray(images, jnp.float32)
-        if images.ndim != 4 or images.shape[1:] != self.image_shape:
-            raise ValueError(f"{what} must be [B, {', '.join(map(str, self.image_shape))}] in [-1, 1]; "
+        if images.ndim != 4 or images.shape[1:] != self.pixel_shape:
+            raise ValueError(f"{what} must be [B, {', '.join(map(str, self.pixel_shape))}] in [-1, 1]; "
                              f"got shape {tuple(images.shape)}.")
         return images
 
@@ -242,31 +256,28 @@ class Diffusion:
         classifier-free guidance at `guidance_scale` != 1."""
         samples = self._run(rng, self._noise(rng, num, noise), labels=self._labels(labels, num), sampler=sampler,
                             steps=steps, eta=eta, guidance_scale=guidance_scale, spacing=spacing)
-        if self.tokenizer is not None:
-            return decode_latents(self.tokenizer, samples, self.latent_scale)
-        return samples
+        return self._decode(samples)
 
     def inpaint(self, images, mask, rng: jax.Array, *, labels=None, **settings) -> jax.Array:
         """`images` where `mask` is 1 (broadcast against [B, H, W, C]: [H, W], [B, H, W, 1], ...),
-        the rest generated to fit them."""
-        self._pixels_only("inpaint")
+        the rest generated to fit them. Latent diffusion models keep the latents whose every pixel
+        is kept, generate the others, decode, and put the kept pixels back exactly."""
         images = self._check_images(images, "images")
-        mask = jnp.asarray(mask, jnp.float32)
-        mask = mask[None, ..., None] if mask.ndim == 2 else mask[..., None] if mask.ndim == 3 else mask
-        try:
-            mask = jnp.broadcast_to(mask, images.shape)
-        except ValueError:
-            raise ValueError(f"mask of shape {tuple(jnp.shape(mask))} does not fit images of shape "
-                             f"{tuple(images.shape)}; pass [H, W], [B, H, W] or [B, H, W, C] (1 = keep).") from None
-        return self._run(rng, self._noise(rng, len(images), None), labels=self._labels(labels, len(images)),
-                         known=images, mask=mask, **settings)
+        mask = broadcast_mask(mask, images.shape)
+        noise, labels = self._noise(rng, len(images), None), self._labels(labels, len(images))
+        if self.tokenizer is None:
+            return self._run(rng, noise, labels=labels, known=images, mask=mask, **settings)
+        latents = self._run(rng, noise, labels=labels, known=self._encode(images),
+                            mask=latent_mask(mask, self.tokenizer.downsampling_factor), **settings)
+        return mask * images + (1 - mask) * self._decode(latents)
 
     def edit(self, images, rng: jax.Array, *, strength: float = 0.5, labels=None, **settings) -> jax.Array:
-        """SDEdit: `images` noised to `strength` x T and denoised again (0 < strength <= 1)."""
-        self._pixels_only("edit")
+        """SDEdit: `images` (their latents, for latent diffusion models) noised to `strength` x T
+        and denoised again (0 < strength <= 1)."""
         images = self._check_images(images, "images")
-        return self._run(rng, self._noise(rng, len(images), None), labels=self._labels(labels, len(images)),
-                         start_image=images, strength=strength, **settings)
+        edited = self._run(rng, self._noise(rng, len(images), None), labels=self._labels(labels, len(images)),
+                           start_image=self._encode(images), strength=strength, **settings)
+        return self._decode(edited)
 
     def upsample(self, low_res, rng: jax.Array, **settings) -> jax.Array:
         """Super-resolution models: [B, s, s, C] low-resolution images in [-1, 1] -> [B, H, W, C]."""
@@ -310,6 +321,25 @@ def bits_per_dim_estimate(denoise, spec: DiffusionSpec, images: jax.Array, rng: 
                                          num_timesteps=num_timesteps, prediction=spec.prediction,
                                          variance=spec.variance, pixels=images,
                                          pixel_scale=spec.residual_scale or 1.0)
+
+
+def broadcast_mask(mask, shape: tuple) -> jax.Array:
+    """An inpainting mask (1 = keep) as [H, W], [B, H, W] or [B, H, W, C|1] -> float32 `shape`."""
+    mask = jnp.asarray(mask, jnp.float32)
+    mask = mask[None, ..., None] if mask.ndim == 2 else mask[..., None] if mask.ndim == 3 else mask
+    try:
+        return jnp.broadcast_to(mask, shape)
+    except ValueError:
+        raise ValueError(f"mask of shape {tuple(jnp.shape(mask))} does not fit images of shape "
+                         f"{tuple(shape)}; pass [H, W], [B, H, W] or [B, H, W, C] (1 = keep).") from None
+
+
+def latent_mask(mask: jax.Array, factor: int) -> jax.Array:
+    """A pixel mask [B, H, W, C] (1 = keep) -> [B, H/f, W/f, 1]: a latent is kept only where
+    every pixel and channel it stands for is (a latent of a partly unknown patch would carry the
+    unknown pixels' content into the result)."""
+    b, h, w, c = mask.shape
+    return mask.reshape(b, h // factor, factor, w // factor, factor, c).min(axis=(2, 4, 5))[..., None]
 
 
 def decode_latents(tokenizer, latents: jax.Array, latent_scale: float) -> jax.Array:

@@ -55,6 +55,7 @@ def _decode_latents_fn(model, quantizer, weights, z):
 # (bench/taming_convert.py measures both).
 _encode = jax.jit(_encode_fn, static_argnums=(0, 1))
 _decode_latents = jax.jit(_decode_latents_fn, static_argnums=(0, 1))
+_latents = jax.jit(_latents_fn, static_argnums=0)
 _decode = jax.jit(_decode_fn, static_argnums=0)
 
 
@@ -173,6 +174,10 @@ class Tokenizer:
         if z.ndim != 4 or z.shape[-1] != self.quantizer.dim:
             raise ValueError(f"Latents have shape {z.shape}; this model decodes [batch, h, w, {self.quantizer.dim}].")
         return _decode_latents(self.model, self.quantizer, self.weights, z)
+
+    def latents(self, images) -> jax.Array:
+        """Images [B, H, W, C] in [-1, 1] -> the encoder's output before quantisation [B, h, w, D]."""
+        return _latents(self.model, self.weights, self._check_images(images))
 
     def latents_fn(self):
         """A pure `latents(weights, images) -> z [B, h, w, D]`, the encoder's output before
