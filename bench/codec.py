@@ -15,7 +15,8 @@ tokenizer's reconstructions), so they share PSNR / SSIM. Speeds are images/s of 
 compress / decompress calls (encoder + prior passes + coder), after one untimed call.
 
 --images: `embedded` (the test crops of the photographs that ship with scikit-image, what the
-quickstarts train on) or a folder (the first --num images in sorted order, recursively).
+quickstarts train on) or a folder (--num images evenly spaced over its sorted files, recursively:
+every class of a split kept in class folders).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def load_images(source: str, num: int, image_size: int) -> list[np.ndarray]:
                    if name.lower().endswith(IMAGE_SUFFIXES))
     if not found:
         raise SystemExit(f"No images under {source}.")
-    return files.read_images(found[:num])
+    chosen = np.linspace(0, len(found) - 1, min(num, len(found))).round().astype(int)
+    return files.read_images([found[i] for i in chosen])
 
 
 _LPIPS_PARAMS = None  # set by --lpips: LPIPS then joins PSNR and SSIM

@@ -6,6 +6,7 @@ a config (`ddpm_cifar10_small` by default) and diffusers' `UNet2DModel` of the s
 
   python bench/diffusion.py [--config=experiments/configs/ddpm_cifar10_small.py] [--batch=64]
       [--sample_batch=16] [--json=out.json] [--peak_tflops=989]   # MFU on a GPU
+      [--profile=3]   # where the train step's time goes, by kind of work, beside diffusers'
       # a few minutes on 2 CPU cores; the [interop] extra for the PyTorch peer
 
 Random weights and data: speed does not depend on them. ratio = vqjax images/s over diffusers'.
@@ -32,6 +33,7 @@ from ml_collections import config_flags
 
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import op_profile  # pylint: disable=wrong-import-position
 from common import median_seconds, write_json  # pylint: disable=wrong-import-position
 from vqjax.core import optim, parallel  # pylint: disable=wrong-import-position
 from vqjax.families.diffusion import DiffusionFamily  # pylint: disable=wrong-import-position
@@ -44,6 +46,8 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per measurement.")
 _PEER = flags.DEFINE_bool("peer", True, "Also time diffusers (needs PyTorch and diffusers).")
 _PEAK_TFLOPS = flags.DEFINE_float("peak_tflops", 0.0, "The device's peak TFLOP/s, for MFU (0: not reported).")
 _JSON = flags.DEFINE_string("json", None, "Write the figures here.")
+_PROFILE = flags.DEFINE_integer("profile", 0, "Trace this many train steps of each and print where the time "
+                                "goes by kind of work (bench/op_profile.py); 0: no profile.")
 
 SAMPLERS = (("ddim", 50, "uniform"), ("dpm_solver", 20, "linspace"))
 
@@ -79,7 +83,12 @@ def vqjax_figures(config, batch: int, report: dict):
         return metrics
 
     seconds = median_seconds(train_step, _REPEATS.value)
-    report["params"] = optim.count_params(state.params)
+    if _PROFILE.value:
+        traced = lambda state: compiled(state, data)[0]
+        report["vqjax_profile_ms"] = op_profile.xla_profile(compiled, traced, holder.pop("state"),
+                                                            _PROFILE.value)["by_kind"]
+        holder["state"] = jax.jit(family.create)(jax.random.key(0), data)
+    report["params"] = optim.count_params(holder["state"].params)
     report["vqjax_train_images_per_sec"] = batch / seconds
     flops = (compiled.cost_analysis() or {}).get("flops") if hasattr(compiled, "cost_analysis") else None
     if isinstance(flops, (list, tuple)):
@@ -128,6 +137,8 @@ def diffusers_figures(config, batch: int, shape: tuple, report: dict) -> None:
         return loss.item()
 
     report["diffusers_train_images_per_sec"] = batch / _torch_seconds(train_step)
+    if _PROFILE.value:
+        report["diffusers_profile_ms"] = op_profile.torch_profile(lambda _: train_step(), _PROFILE.value)["by_kind"]
     unet.eval()
     count = _SAMPLE_BATCH.value
     x_T = torch.randn(count, shape[2], shape[0], shape[1])
@@ -179,6 +190,10 @@ def main(argv):
             line += (f", diffusers {report[f'diffusers_{what}_images_per_sec']:8.2f} images/s, "
                      f"ratio {report[f'{what}_ratio']:.2f}x")
         print(line)
+    if _PROFILE.value:
+        print(f"Train step, {_PROFILE.value} traced steps (bench/op_profile.py), by kind of work:")
+        op_profile.print_table({name: report[f"{name}_profile_ms"] for name in ("vqjax", "diffusers")
+                                if f"{name}_profile_ms" in report})
     if "train_mfu" in report:
         print(f"  train step MFU: {100 * report['train_mfu']:.1f}%")
     if _JSON.value:
