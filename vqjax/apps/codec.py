@@ -11,19 +11,20 @@ of `steps` groups, each group under p(code | codes of the groups before it), the
 decoding schedule with a fixed order in place of the sampler's confidence order.
 
 Exact round trip. The decoder must see the encoder's probabilities bit for bit, so both compute
-them with one program at one shape: the prior applied to a fixed batch of `batch_size` code maps
-(padded with zeros), positions not known yet replaced (GPT: anything, hidden by the causal mask,
-whose exp(min float) weights are exact zeros; MaskGIT: the mask token). Each row of a matrix
-product sums in an order that depends on the shapes alone, so a code map gets the same
-probabilities in any batch. constriction quantises those float32 probabilities to integers
-deterministically (its leaky quantiser: every code keeps a non-zero probability). Across
-backends (a file encoded on a GPU, decoded on a CPU) the float probabilities differ in their
-last bits and the decoded codes would differ: the header records the backend, a checksum of the
-code map catches any mismatch, and decoding then fails with a sentence instead of returning a
-wrong image.
+them with one program at one shape, on a fixed batch of `batch_size` code maps (padded). A GPT
+prior runs position by position with its key/value cache (`Transformer.decode_step`), the same
+compiled step on both sides: the encoder feeds it the true codes, the decoder the codes it has
+just decoded, which are the same. A MaskGIT prior is applied to the whole map per pass, the
+positions not known yet replaced by the mask token. Each row of a matrix product sums in an
+order that depends on the shapes alone, so a code map gets the same probabilities in any batch.
+constriction quantises those float32 probabilities to integers deterministically (its leaky
+quantiser: every code keeps a non-zero probability). Across backends (a file encoded on a GPU,
+decoded on a CPU) the float probabilities differ in their last bits and the decoded codes would
+differ: the header records the backend, a checksum of the code map catches any mismatch, and
+decoding then fails with a sentence instead of returning a wrong image.
 
-File format (version 1), little-endian: the header below, then the range coder's 32-bit words.
-The header's `models` field is a hash of the tokenizer's and the prior's weights, so a file is
+File format (version 2; version 1 coded GPT priors with whole-map passes), little-endian: the
+header below, then the range coder's 32-bit words. The header's `models` field is a hash of the tokenizer's and the prior's weights, so a file is
 never decoded with other models; the final CRC-32 covers the header and the payload, so a
 corrupted or truncated file is refused.
 """
@@ -48,8 +49,9 @@ from vqjax.apps.files import InputError
 from vqjax.core import images as images_lib, paths
 from vqjax.inference.prior import Prior
 from vqjax.inference.tokenizer import Tokenizer
+from vqjax.nets.transformer import Transformer
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAGIC = b"VQJX"
 SUFFIX = ".vqj"
 PRIORS = ("uniform", "gpt", "maskgit")
@@ -170,6 +172,50 @@ def _prior_probabilities(model, params, tokens, labels) -> jax.Array:
     return jax.nn.softmax(model.apply({"params": params}, tokens, labels), axis=-1)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _gpt_first_step(model, params, labels) -> tuple[jax.Array, dict]:
+    """Position 0 of a GPT prior with its key/value cache: (probabilities [B, K], the new cache)."""
+    logits, updated = model.apply({"params": params}, jnp.zeros_like(labels), labels, 0,
+                                  method=Transformer.decode_step, mutable=["cache"])
+    return jax.nn.softmax(logits, axis=-1), updated["cache"]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _gpt_next_step(model, params, cache, previous, labels, position) -> tuple[jax.Array, dict]:
+    """Position `position` > 0, given the code before it: (probabilities [B, K], the cache)."""
+    logits, updated = model.apply({"params": params, "cache": cache}, previous, labels, position,
+                                  method=Transformer.decode_step, mutable=["cache"])
+    return jax.nn.softmax(logits, axis=-1), updated["cache"]
+
+
+class _CachedGPT:
+    """A GPT prior's probabilities of `labels`' rows position by position, in batches of exactly
+    `batch_size` rows (padded with the null label), each batch with its own key/value cache."""
+
+    def __init__(self, prior: Prior, labels: np.ndarray, batch_size: int):
+        self.model, self.params, self.count = prior.model, prior.params, len(labels)
+        pad = -len(labels) % batch_size
+        self.labels = np.concatenate([labels, np.full((pad,), prior.model.null_label, np.int32)]).reshape(
+            -1, batch_size)
+        self.caches = [None] * len(self.labels)
+
+    def next(self, position: int, previous: Optional[np.ndarray]) -> np.ndarray:
+        """Probabilities [count, K] of the codes at `position` (called for 0, 1, ... in order),
+        given the codes at `position - 1` (None at 0)."""
+        if previous is not None:
+            previous = np.concatenate([previous, np.zeros(self.labels.size - self.count, np.int32)]).reshape(
+                self.labels.shape)
+        out = []
+        for i, labels in enumerate(self.labels):
+            if position == 0:
+                p, self.caches[i] = _gpt_first_step(self.model, self.params, jnp.asarray(labels))
+            else:
+                p, self.caches[i] = _gpt_next_step(self.model, self.params, self.caches[i], jnp.asarray(previous[i]),
+                                                   jnp.asarray(labels), jnp.int32(position))
+            out.append(np.asarray(p))
+        return np.concatenate(out)[:self.count]
+
+
 class Codec:
     """Compresses images to bytes and back with a tokenizer and, optionally, a GPT or MaskGIT
     prior over its code maps (see the module's docstring).
@@ -217,25 +263,31 @@ class Codec:
     def _from_rows(self, rows: np.ndarray, code_shape: tuple) -> np.ndarray:
         return tiles.join(rows, (1, *code_shape), self.tile)[0]
 
-    def _order(self) -> np.ndarray:
-        return coding_order(self.length) if self.kind == "maskgit" else np.arange(self.length)
-
     def _passes(self, steps: int):
-        """(known positions before the pass, positions coded under its output) per prior pass,
-        in coding order (MaskGIT: over `steps` steps)."""
-        order = self._order()
-        if self.kind == "gpt":
-            return [(order[:i], order[i:i + 1]) for i in range(self.length)]
+        """MaskGIT: (known positions before the pass, positions coded under its output) per
+        prior pass, over `steps` steps of the fixed order."""
+        order = coding_order(self.length)
         bounds = np.cumsum([0] + reveal_counts(self.length, steps))
         return [(order[:start], order[start:end]) for start, end in zip(bounds[:-1], bounds[1:])]
 
     def _pass_input(self, rows: np.ndarray, known: np.ndarray) -> np.ndarray:
-        """The prior's input for one pass: the known codes, the rest the mask token (MaskGIT)
-        or zeros (GPT: the causal mask hides them exactly)."""
-        filler = self.prior.model.mask_token if self.kind == "maskgit" else 0
-        tokens = np.full(rows.shape, filler, np.int32)
+        """MaskGIT's input for one pass: the known codes, the rest the mask token."""
+        tokens = np.full(rows.shape, self.prior.model.mask_token, np.int32)
         tokens[:, known] = rows[:, known]
         return tokens
+
+    def _pass_probabilities(self, rows: np.ndarray, labels: np.ndarray, steps: int, batch_size: int):
+        """Per prior pass in coding order: (positions coded, their distributions [N, n, K]) for
+        the code rows [N, L]. `rows` is read pass by pass, when the next pass is asked for, so
+        the decoder fills in each pass's codes before the pass that depends on them."""
+        if self.kind == "gpt":
+            prior = _CachedGPT(self.prior, labels, batch_size)
+            for position in range(self.length):
+                previous = None if position == 0 else rows[:, position - 1]
+                yield np.array([position]), prior.next(position, previous)[:, None]
+            return
+        for known, coded in self._passes(steps):
+            yield coded, self._probabilities(self._pass_input(rows, known), labels, batch_size)[:, coded]
 
     def _probabilities(self, tokens: np.ndarray, labels: np.ndarray, batch_size: int) -> np.ndarray:
         """The prior's probabilities for `tokens` [N, L], applied in batches of exactly
@@ -280,8 +332,7 @@ class Codec:
         all_rows = np.concatenate(rows_per_image)
         row_labels = np.concatenate([np.full(len(r), label, np.int32) for r, label in zip(rows_per_image, labels)])
         symbols, probabilities = [], []
-        for known, coded in self._passes(self.steps):
-            p = self._probabilities(self._pass_input(all_rows, known), row_labels, self.batch_size)[:, coded]
+        for coded, p in self._pass_probabilities(all_rows, row_labels, self.steps, self.batch_size):
             symbols.append(all_rows[:, coded])
             probabilities.append(p)
         bounds = np.cumsum([0] + [len(r) for r in rows_per_image])
@@ -369,8 +420,7 @@ class Codec:
         rows = np.zeros((num_rows, self.length), np.int32)
         labels = np.full((num_rows,), header.label, np.int32)
         # The file's steps and batch, whatever this codec would compress with.
-        for known, coded in self._passes(header.steps):
-            p = self._probabilities(self._pass_input(rows, known), labels, header.batch_size)[:, coded]  # [T, n, K]
+        for coded, p in self._pass_probabilities(rows, labels, header.steps, header.batch_size):  # p: [T, n, K]
             flat = decoder.decode(model, p.transpose(1, 0, 2).reshape(-1, self.num_codes))
             rows[:, coded] = np.asarray(flat, np.int32).reshape(len(coded), num_rows).T
         return self._from_rows(rows, header.code_shape)
