@@ -178,8 +178,9 @@ def _repair_command(args) -> None:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("repair", help="regenerate the least likely codes (or a mask's) with a MaskGIT prior",
-                                   description=__doc__.split("\n\n")[0])
+    parser = subparsers.add_parser(
+        "repair", help="regenerate the least likely codes (or a mask's) with a MaskGIT prior, or inpaint a mask "
+        "with a diffusion model", description=__doc__.split("\n\n")[0])
     models.add_arguments(parser, "a MaskGIT prior resamples the codes",
                          diffusion_use="a pixel-space or latent diffusion model inpaints --mask")
     parser.add_argument("images", nargs="+", metavar="IMAGE")

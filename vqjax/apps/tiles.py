@@ -1,5 +1,6 @@
 """Code maps cut into tiles of a prior's code map, and put back: a prior has a fixed sequence
-length, so larger maps are coded, scored and repaired tile by tile."""
+length, so larger maps are coded, scored and repaired tile by tile. Images likewise, in tiles
+of a diffusion model's size (`split_images`, `join_images`)."""
 
 from __future__ import annotations
 
