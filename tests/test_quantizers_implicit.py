@@ -226,6 +226,20 @@ def test_entropy_terms_equal_a_brute_force_over_all_codes(kind, inverse_temperat
         np.testing.assert_allclose(out.losses["commitment"], 0.3 * np.mean((x - codes) ** 2), rtol=1e-5)
 
 
+def test_the_default_codebook_entropy_is_exact_at_sixteen_thousand_codes():
+    """14 bits with the default group size: the entropy of the batch mean over all 16,384 codes,
+    computed as the mean of two 7-bit halves' outer products, equals the brute force."""
+    num_bits, inverse_temperature = 14, 0.4
+    z = 0.7 * jax.random.normal(jax.random.key(5), (3, 4, num_bits))
+    quantizer = _build("lfq", dim=num_bits, num_codes=2**num_bits, inverse_temperature=inverse_temperature)
+    out = _forward(quantizer, quantizer.init(jax.random.key(0), z), z)
+    per_bit = [[i] for i in range(num_bits)]
+    sample, exact, bound, _ = _brute_force_entropies(np.asarray(z), num_bits, 1.0, inverse_temperature, per_bit)
+    np.testing.assert_allclose(out.metrics["codebook_entropy"], exact, rtol=1e-5)
+    np.testing.assert_allclose(out.metrics["per_sample_entropy"], sample, rtol=1e-5)
+    assert bound > exact + 0.1  # what a per-bit sum (group size 1) would report instead
+
+
 def test_perplexity_is_that_of_the_batch_code_counts():
     quantizer = _build("lfq", dim=4, num_codes=16)
     z = jax.random.normal(jax.random.key(0), (8, 5, 4))
@@ -272,8 +286,8 @@ def test_lfq_refuses_bad_settings_with_sentences():
         _build("lfq", dim=4, num_codes=24)
     with pytest.raises(ValueError, match="num_codes is 2\\^31; its indices overflow int32"):
         _build("bsq", dim=4, num_codes=2**31)
-    for size in (0, 17):
-        with pytest.raises(ValueError, match=f"entropy_group_size is {size}; .* between 1 and 16"):
+    for size in (0, 25):
+        with pytest.raises(ValueError, match=f"entropy_group_size is {size}; .* between 1 and 24"):
             _build("lfq", dim=4, num_codes=16, entropy_group_size=size)
     with pytest.raises(ValueError, match="inverse_temperature is 0.0; set it to a positive number"):
         _build("lfq", dim=4, num_codes=16, inverse_temperature=0.0)

@@ -67,7 +67,7 @@ def vqvae_base() -> ml_collections.ConfigDict:
         entropy_weight=0.1,
         diversity_gamma=1.0,
         inverse_temperature=100.0,
-        entropy_group_size=8,  # code bits per exactly enumerated group (an upper bound across groups)
+        entropy_group_size=16,  # code bits per exactly computed group (an upper bound across groups)
         # 'residual': `depth` stages of kind `stage` on successive residuals.
         stage="vq",
         depth=4,

@@ -16,10 +16,14 @@ Bernoulli(sigmoid(4 beta s x_i)), so
 
   * the per-sample entropy is exactly the sum of d binary entropies;
   * the codebook (batch-mean) entropy does not factorise: it is computed exactly on groups of
-    `entropy_group_size` consecutive dimensions (2^g joint probabilities per vector and group)
-    and summed over the groups. That is exact when g >= d and otherwise an upper bound
-    (entropy is subadditive: H(X) <= sum of the groups' H); g = 1 is BSQ's factorised
-    estimate. Memory is N x ceil(d/g) x 2^g floats for N vectors.
+    `entropy_group_size` consecutive dimensions and summed over the groups. That is exact when
+    g >= d (the default, 16, covers every codebook up to 65,536 codes) and otherwise an upper
+    bound (entropy is subadditive: H(X) <= sum of the groups' H); g = 1 is BSQ's factorised
+    estimate. A group's batch-mean joint distribution is an outer product summed over vectors:
+    its bits split into two halves a and b, p(a, b | x) = p(a | x) p(b | x), so
+    mean_n p(a, b | x_n) = P_a^T P_b / N with P_a [N, 2^|a|] and P_b [N, 2^|b|]. Memory is
+    N x 2 x 2^(g/2) floats per group and 2^g for its mean, not N x 2^g: 16 bits cost 512
+    floats per vector.
 
 No 2^d codebook is ever built. Nothing is tracked across steps (the state is empty): the
 batch perplexity is counted from sorted indices, so it needs no [K] vector either.
@@ -44,8 +48,8 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 # num_codes = 2^d must itself be an int32 (priors use it as a vocabulary size and mask id).
 MAX_BITS = 30
-# 2^16 joint probabilities per vector and group is already 256 KiB per vector.
-MAX_GROUP_SIZE = 16
+# A group of g bits holds its 2^g mean probabilities (2^24: 64 MiB) and 2 x 2^(g/2) per vector.
+MAX_GROUP_SIZE = 24
 
 
 def sign_codes(x: jax.Array, scale: float) -> tuple[jax.Array, jax.Array]:
@@ -90,17 +94,23 @@ def _entropy(probs: jax.Array) -> jax.Array:
     return -jnp.sum(jnp.where(positive, probs * jnp.log(safe), 0.0), axis=-1)
 
 
-def _groups_mean_entropy(logits: jax.Array) -> jax.Array:
-    """Sum over groups of the entropy of the batch-mean joint distribution of each group's bits.
-
-    `logits` is [N, G, g]: per vector, the joint probability of a group's g bits is the product
-    of its bits' Bernoulli probabilities (all 2^g patterns enumerated), averaged over N."""
-    group_size = logits.shape[-1]
-    patterns = ((np.arange(2**group_size)[:, None] >> np.arange(group_size)[None, :]) & 1).astype(np.float32)
+def _pattern_probabilities(logits: jax.Array) -> jax.Array:
+    """[N, h] bit logits -> [N, 2^h]: the probability of each of the 2^h patterns of the h
+    independent bits (h = 0 gives the one empty pattern, probability 1)."""
+    num_bits = logits.shape[-1]
+    patterns = ((np.arange(2**num_bits)[:, None] >> np.arange(num_bits)[None, :]) & 1).astype(np.float32)
     log_plus, log_minus = -jax.nn.softplus(-logits), -jax.nn.softplus(logits)
-    log_joint = (jnp.einsum("ngi,pi->ngp", log_plus, patterns, precision=_HIGHEST)
-                 + jnp.einsum("ngi,pi->ngp", log_minus, 1.0 - patterns, precision=_HIGHEST))
-    return jnp.sum(_entropy(jnp.mean(jnp.exp(log_joint), axis=0)))
+    return jnp.exp(jnp.einsum("ni,pi->np", log_plus, patterns, precision=_HIGHEST)
+                   + jnp.einsum("ni,pi->np", log_minus, 1.0 - patterns, precision=_HIGHEST))
+
+
+def _group_mean_entropy(logits: jax.Array) -> jax.Array:
+    """Entropy of the batch-mean joint distribution of a group's bits, `logits` [N, g]: the
+    mean of the two halves' outer products, never the [N, 2^g] joint of each vector."""
+    half = logits.shape[-1] // 2
+    first, second = _pattern_probabilities(logits[:, :half]), _pattern_probabilities(logits[:, half:])
+    mean_joint = jnp.einsum("np,nq->pq", first, second, precision=_HIGHEST) / logits.shape[0]
+    return _entropy(mean_joint.reshape(-1))
 
 
 def codebook_entropy(logits: jax.Array, group_size: int) -> jax.Array:
@@ -108,13 +118,7 @@ def codebook_entropy(logits: jax.Array, group_size: int) -> jax.Array:
     consecutive dimensions and summed over groups (an upper bound when group_size < d)."""
     flat = flatten_vectors(logits).astype(jnp.float32)
     num_bits = flat.shape[-1]
-    group_size = min(group_size, num_bits)
-    num_full = num_bits // group_size
-    full = flat[:, :num_full * group_size].reshape(flat.shape[0], num_full, group_size)
-    total = _groups_mean_entropy(full)
-    if num_bits % group_size:
-        total = total + _groups_mean_entropy(flat[:, num_full * group_size:][:, None, :])
-    return total
+    return sum(_group_mean_entropy(flat[:, start:start + group_size]) for start in range(0, num_bits, group_size))
 
 
 def per_sample_entropy(logits: jax.Array) -> jax.Array:
@@ -136,7 +140,7 @@ class LookupFreeQuantizer(Quantizer):
     entropy_weight: float = 0.1
     diversity_gamma: float = 1.0
     inverse_temperature: float = 100.0  # beta of softmax(-beta ||x - c||^2)
-    entropy_group_size: int = 8  # dimensions per exactly-enumerated group (>= d: exact)
+    entropy_group_size: int = 16  # dimensions per exactly-computed group (>= d: exact)
 
     spherical: ClassVar[bool] = False  # BSQ: l2-normalise, codes sign / sqrt(d)
 
@@ -153,8 +157,8 @@ class LookupFreeQuantizer(Quantizer):
                 f"2^{MAX_BITS} codes.")
         if not 1 <= self.entropy_group_size <= MAX_GROUP_SIZE:
             raise ValueError(
-                f"config.quantizer.entropy_group_size is {self.entropy_group_size}; it enumerates 2^g codes "
-                f"per vector, so set it between 1 and {MAX_GROUP_SIZE}.")
+                f"config.quantizer.entropy_group_size is {self.entropy_group_size}; a group holds the mean "
+                f"probabilities of its 2^g codes, so set it between 1 and {MAX_GROUP_SIZE}.")
         if not self.inverse_temperature > 0:
             raise ValueError(
                 f"config.quantizer.inverse_temperature is {self.inverse_temperature}; set it to a positive "
