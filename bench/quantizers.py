@@ -176,7 +176,7 @@ def torch_peer(kind: str, num_codes: int, dim: int):
 
 
 def torch_step_ms(module, z: np.ndarray) -> float:
-    x = torch.from_numpy(z).reshape(1, *z.shape).requires_grad_(True)
+    x = torch.from_numpy(np.array(z)).reshape(1, *z.shape).requires_grad_(True)
     module.train()
 
     def step():
