@@ -25,7 +25,7 @@ Commands, from the repository root (the study writes its runs under --workdir):
   tar -xzf ../shared/data/cifar10_jpeg.tar.gz -C /tmp
   python bench/quantizers.py --data=/tmp/cifar10 --workdir=/tmp/quantizer_study \
       --kinds=vq,ema,fsq,lfq,bsq,simvq,cosine,residual --codes=1024,16384,65536 --steps=500
-  python bench/quantizers.py --step [--step_codes=16384,65536] [--num_vectors=8192]
+  python bench/quantizers.py --step [--step_codes=16384,65536] [--num_vectors=2048]
 
 Any `--config.*` override of the autoencoder's config works as in the entry points.
 """
@@ -70,7 +70,7 @@ _EVAL_BATCHES = flags.DEFINE_integer("eval_batches", -1, "Test batches evaluated
 _PRIOR_STEPS = flags.DEFINE_integer("prior_steps", 0, "Train a MaskGIT prior on each tokenizer (0: no).")
 _STEP = flags.DEFINE_bool("step", False, "Time each quantizer's step beside vector-quantize-pytorch's.")
 _STEP_CODES = flags.DEFINE_list("step_codes", ["16384", "65536"], "Codebook sizes of the step timing.")
-_NUM_VECTORS = flags.DEFINE_integer("num_vectors", 8192, "Vectors per step timing (a 32 x 16 x 16 batch).")
+_NUM_VECTORS = flags.DEFINE_integer("num_vectors", 2048, "Vectors per step timing (the study's batch: 32 x 8 x 8 codes).")
 _DIM = flags.DEFINE_integer("dim", 64, "Vector dimension of the step timing.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per figure (median).")
 _JSON = flags.DEFINE_string("json", "", "Also write the figures here as JSON.")
@@ -223,7 +223,11 @@ def main(argv):
               f"{_CONFIG.value.model.embed_dim}-dimensional codes):")
         print(format_table(rows))
     if _STEP.value:
-        rows = [step_row(kind, int(k)) for k in _STEP_CODES.value for kind in _KINDS.value]
+        rows = []
+        for num_codes in map(int, _STEP_CODES.value):
+            for kind in _KINDS.value:
+                rows.append(step_row(kind, num_codes))
+                print(json.dumps(rows[-1]), flush=True)  # a long timing keeps its finished rows
         report["step"] = rows
         print(f"\nQuantizer step (forward + backward), {_NUM_VECTORS.value} vectors of dimension {_DIM.value}:")
         print("| kind | K | vqjax ms | vqjax MiB | vector-quantize-pytorch ms | speed-up |\n|---|---|---|---|---|---|")
