@@ -176,6 +176,7 @@ def torch_peer(kind: str, num_codes: int, dim: int):
 
 
 def torch_step_ms(module, z: np.ndarray) -> float:
+    # np.array copies: a jax array viewed by numpy is read-only, which torch refuses to wrap silently.
     x = torch.from_numpy(np.array(z)).reshape(1, *z.shape).requires_grad_(True)
     module.train()
 
